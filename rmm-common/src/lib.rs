@@ -1,0 +1,349 @@
+//! Types shared by the eBPF programs (`rmm-ebpf`) and the daemon (`rmm-userspace`).
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]`, holds only integers and
+//! byte arrays, and has explicit padding, so any byte pattern is a valid value and userspace can
+//! copy a ring-buffer record into it without `transmute`. Kinds are plain `u32` on the wire and
+//! are validated with `TryFrom` on the user side.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+/// Bytes of the exec filename (as the caller passed it) copied from the tracepoint.
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of the resolved executable path. The path is stored leaf first, one NUL-terminated
+/// component after the other (see [`ExecEvent::path`]); a component starts at an offset below
+/// [`PATH_START_LIMIT`] and is at most [`PATH_COMPONENT_MAX`] bytes long.
+pub const PATH_LEN: usize = 768;
+/// A component may start at offsets `0..PATH_START_LIMIT` (a mask the verifier understands).
+pub const PATH_START_LIMIT: usize = 512;
+/// Longest component read (NAME_MAX + NUL).
+pub const PATH_COMPONENT_MAX: usize = 256;
+/// Most path components walked (dentries plus mount crossings).
+pub const PATH_MAX_DEPTH: u32 = 40;
+/// Bytes of the argument block (`mm->arg_start..arg_end`) copied per exec.
+pub const ARGS_LEN: usize = 1024;
+/// Most arguments userspace reports per exec.
+pub const ARGS_MAX_COUNT: usize = 16;
+/// Bytes of a DNS payload copied (the classic UDP DNS limit).
+pub const DNS_PAYLOAD_LEN: usize = 512;
+/// UDP destination port treated as DNS.
+pub const DNS_PORT: u16 = 53;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Kind of a record, first field of every record's [`Header`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Fork = 2,
+    Exit = 3,
+    Connect = 4,
+    Dns = 5,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::Connect,
+        EventKind::Dns,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Fork => "fork",
+            EventKind::Exit => "exit",
+            EventKind::Connect => "connect",
+            EventKind::Dns => "dns",
+        }
+    }
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => EventKind::Exec,
+            2 => EventKind::Fork,
+            3 => EventKind::Exit,
+            4 => EventKind::Connect,
+            5 => EventKind::Dns,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Indexes of the per-CPU `DROPS` counter array: why the kernel side lost an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// `bpf_ringbuf_reserve` failed on the process ring (exec).
+    ExecReserve = 0,
+    ForkReserve = 1,
+    ExitReserve = 2,
+    ConnectReserve = 3,
+    DnsReserve = 4,
+    /// The map that carries a connect from syscall entry to exit was full.
+    ConnectPendingFull = 5,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [DropReason; 6] = [
+        DropReason::ExecReserve,
+        DropReason::ForkReserve,
+        DropReason::ExitReserve,
+        DropReason::ConnectReserve,
+        DropReason::DnsReserve,
+        DropReason::ConnectPendingFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::ExecReserve => "exec_ringbuf_full",
+            DropReason::ForkReserve => "fork_ringbuf_full",
+            DropReason::ExitReserve => "exit_ringbuf_full",
+            DropReason::ConnectReserve => "connect_ringbuf_full",
+            DropReason::DnsReserve => "dns_ringbuf_full",
+            DropReason::ConnectPendingFull => "connect_pending_map_full",
+        }
+    }
+}
+
+/// Common prefix of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Thread id (kernel `pid`).
+    pub tid: u32,
+    /// Process id (kernel `tgid`).
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad0: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `ExecEvent::flags` bits.
+pub mod exec_flags {
+    /// The filename did not fit [`super::FILENAME_LEN`].
+    pub const FILENAME_TRUNCATED: u32 = 1 << 0;
+    /// The path has more components or bytes than the buffer holds; the leaf side is kept.
+    pub const PATH_TRUNCATED: u32 = 1 << 1;
+    /// A kernel read failed while resolving the path.
+    pub const PATH_ERROR: u32 = 1 << 2;
+    /// The argument block was longer than [`super::ARGS_LEN`].
+    pub const ARGS_TRUNCATED: u32 = 1 << 3;
+    /// Reading the argument block failed.
+    pub const ARGS_ERROR: u32 = 1 << 4;
+    /// Kernel struct offsets were not provided: no path, argv or ppid.
+    pub const NO_OFFSETS: u32 = 1 << 5;
+    /// The walk ended at a dentry that is its own parent outside the mount tree root
+    /// (a pseudo file system such as memfd or an unlinked file).
+    pub const PATH_DETACHED: u32 = 1 << 6;
+}
+
+/// `sched:sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: Header,
+    /// `task->real_parent->tgid`.
+    pub ppid: u32,
+    pub flags: u32,
+    /// Bytes used in `filename` (without NUL).
+    pub filename_len: u32,
+    /// Bytes used in `path`.
+    pub path_len: u32,
+    /// Bytes used in `args`.
+    pub args_len: u32,
+    /// `arg_end - arg_start` as the kernel reports it (the real size of argv).
+    pub args_size: u32,
+    /// The exec filename as the caller passed it (relative, a symlink, `/dev/fd/N`, ...).
+    pub filename: [u8; FILENAME_LEN],
+    /// `mm->exe_file` resolved by walking dentries and mounts: components leaf first, each
+    /// NUL-terminated, e.g. `true\0bin\0usr\0` for `/usr/bin/true`.
+    pub path: [u8; PATH_LEN],
+    /// argv as laid out in the new process's memory: NUL-separated.
+    pub args: [u8; ARGS_LEN],
+}
+
+/// `task:task_newtask` for a new process (not a thread). The header describes the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub hdr: Header,
+    pub child_tgid: u32,
+    pub _pad0: u32,
+}
+
+/// `sched:sched_process_exit` when the whole thread group is dead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: Header,
+    /// `task->exit_code` (wait status), or 0 when offsets are missing.
+    pub exit_code: u32,
+    pub _pad0: u32,
+}
+
+/// `ConnectEvent::source` values.
+pub mod connect_source {
+    /// `connect(2)`: entry, cgroup hook and exit seen; `ret` is the syscall's return value.
+    pub const SYSCALL: u8 = 1;
+    /// Only the cgroup connect hook saw it (io_uring, or a kernel-internal connect): no result.
+    pub const CGROUP_ONLY: u8 = 2;
+}
+
+/// Outbound `connect` on an AF_INET / AF_INET6 socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub hdr: Header,
+    /// Return value of `connect(2)` (0, `-ECONNREFUSED`, `-EINPROGRESS`, ...); 0 when
+    /// `source` is `CGROUP_ONLY`.
+    pub ret: i32,
+    pub fd: i32,
+    /// `AF_INET` or `AF_INET6` (v4-mapped addresses keep `AF_INET6`).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// `IPPROTO_TCP` / `IPPROTO_UDP`, 0 when the cgroup hook did not run (e.g. the connect
+    /// failed before reaching the protocol).
+    pub protocol: u8,
+    /// A `connect_source` value.
+    pub source: u8,
+    pub _pad0: [u8; 2],
+    /// Destination address, network byte order; IPv4 uses the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Wall time from syscall entry to exit.
+    pub duration_ns: u64,
+}
+
+/// `DnsEvent::flags` bits.
+pub mod dns_flags {
+    /// The UDP payload was longer than [`super::DNS_PAYLOAD_LEN`].
+    pub const TRUNCATED: u16 = 1 << 0;
+    /// Copying the payload failed.
+    pub const LOAD_ERROR: u16 = 1 << 1;
+}
+
+/// A UDP packet to port 53 leaving a socket (cgroup_skb egress), whatever API sent it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    pub hdr: Header,
+    /// Socket cookie, stable for the socket's life (matches answers to queries).
+    pub sock_cookie: u64,
+    pub family: u16,
+    pub dport: u16,
+    pub sport: u16,
+    pub flags: u16,
+    /// Bytes of the UDP payload (before truncation).
+    pub udp_payload_len: u32,
+    /// Bytes copied into `payload`.
+    pub payload_len: u32,
+    pub daddr: [u8; 16],
+    pub payload: [u8; DNS_PAYLOAD_LEN],
+}
+
+/// Offsets of kernel struct fields, read from `/sys/kernel/btf/vmlinux` by the daemon and
+/// handed to the programs as the global `OFFSETS` (Rust eBPF has no CO-RE field relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once filled in.
+    pub valid: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_exe_file: u32,
+    pub file_f_path: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_name: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+}
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        KernelOffsets {
+            valid: 0,
+            task_real_parent: 0,
+            task_tgid: 0,
+            task_mm: 0,
+            task_exit_code: 0,
+            mm_arg_start: 0,
+            mm_arg_end: 0,
+            mm_exe_file: 0,
+            file_f_path: 0,
+            path_mnt: 0,
+            path_dentry: 0,
+            dentry_d_parent: 0,
+            dentry_d_name: 0,
+            qstr_name: 0,
+            mount_mnt: 0,
+            mount_mnt_parent: 0,
+            mount_mnt_mountpoint: 0,
+            vfsmount_mnt_root: 0,
+        }
+    }
+}
+
+/// Run-time settings of the programs, the global `SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Submit with a forced wakeup once this many bytes wait in a ring; below it, submit
+    /// without a wakeup and let the daemon's poll timer pick the records up.
+    pub wakeup_bytes: u64,
+}
+
+impl Settings {
+    pub const fn default_const() -> Self {
+        Settings { wakeup_bytes: 0 }
+    }
+}
+
+// Layout guards: these sizes are the wire format between the two sides.
+const _: () = assert!(size_of::<Header>() == 56);
+const _: () = assert!(size_of::<ExecEvent>() == 56 + 24 + FILENAME_LEN + PATH_LEN + ARGS_LEN);
+const _: () = assert!(size_of::<ForkEvent>() == 64);
+const _: () = assert!(size_of::<ExitEvent>() == 64);
+const _: () = assert!(size_of::<ConnectEvent>() == 56 + 8 + 8 + 16 + 8);
+const _: () = assert!(size_of::<DnsEvent>() == 56 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
+const _: () = assert!(size_of::<KernelOffsets>() == 18 * 4);
+const _: () = assert!(size_of::<ExecEvent>() % 8 == 0);
+const _: () = assert!(size_of::<DnsEvent>() % 8 == 0);
+const _: () = assert!(PATH_START_LIMIT + PATH_COMPONENT_MAX <= PATH_LEN);
+const _: () = assert!(PATH_START_LIMIT.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays with explicit
+    // padding, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Settings {}
+}

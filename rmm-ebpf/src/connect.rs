@@ -1,0 +1,164 @@
+//! Outbound connects: `connect(2)` entry and exit (destination and result) plus the cgroup
+//! connect hooks (protocol, and connects that never pass the syscall, such as io_uring).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+use rmm_common::{
+    connect_source, ConnectEvent, DropReason, EventKind, AF_INET, AF_INET6,
+};
+
+use crate::maps::{
+    count_drop, fill_header, submit_flags, PendingConnect, NET_EVENTS, PENDING_CONNECT,
+};
+
+/// `syscalls/sys_enter_connect`: reads `fd` (offset 16) and `uservaddr` (offset 24); keeps
+/// AF_INET and AF_INET6 destinations until the syscall returns.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the tracepoint's format file.
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) })
+    else {
+        return 0;
+    };
+    if addr == 0 {
+        return 0;
+    }
+    let addr = addr as *const u8;
+    // SAFETY: user memory; failed reads are errors, not faults.
+    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
+        return 0;
+    };
+    let mut pending = PendingConnect {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd: fd as i32,
+        family,
+        dport: 0,
+        protocol: 0,
+        _pad: [0; 7],
+        daddr: [0; 16],
+    };
+    // SAFETY (both arms): user memory, read by the helper.
+    match family {
+        AF_INET => {
+            let Ok(sin) = (unsafe { bpf_probe_read_user(addr as *const [u8; 8]) }) else {
+                return 0;
+            };
+            pending.dport = u16::from_be_bytes([sin[2], sin[3]]);
+            pending.daddr[..4].copy_from_slice(&sin[4..8]);
+        }
+        AF_INET6 => {
+            let Ok(sin6) = (unsafe { bpf_probe_read_user(addr as *const [u8; 24]) }) else {
+                return 0;
+            };
+            pending.dport = u16::from_be_bytes([sin6[2], sin6[3]]);
+            pending.daddr.copy_from_slice(&sin6[8..24]);
+        }
+        _ => return 0,
+    }
+    if PENDING_CONNECT
+        .insert(&bpf_get_current_pid_tgid(), &pending, 0)
+        .is_err()
+    {
+        count_drop(DropReason::ConnectPendingFull);
+    }
+    0
+}
+
+/// `syscalls/sys_exit_connect`: reads `ret` (offset 16) and reports the pending connect.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is deleted.
+    let Some(pending) = (unsafe { PENDING_CONNECT.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_CONNECT.remove(&key);
+    // SAFETY: offset from the tracepoint's format file.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    emit(&pending, ret as i32, connect_source::SYSCALL);
+    0
+}
+
+#[inline(always)]
+fn emit(p: &PendingConnect, ret: i32, source: u8) {
+    let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
+        count_drop(DropReason::ConnectReserve);
+        return;
+    };
+    // SAFETY: the entry is ours until submit; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.hdr, EventKind::Connect);
+    ev.ret = ret;
+    ev.fd = p.fd;
+    ev.family = p.family;
+    ev.dport = p.dport;
+    ev.protocol = p.protocol;
+    ev.source = source;
+    ev._pad0 = [0; 2];
+    ev.daddr = p.daddr;
+    // SAFETY: helper without arguments.
+    ev.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(p.start_ns);
+    entry.submit(submit_flags(&NET_EVENTS));
+}
+
+/// `cgroup/connect4`: reads `user_ip4`, `user_port`, `protocol`.
+#[cgroup_sock_addr(connect4)]
+pub fn cgroup_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: context fields of a cgroup sock_addr program, read with their own widths.
+    let (ip, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.user_ip4, sa.user_port, sa.protocol)
+    };
+    let mut daddr = [0u8; 16];
+    daddr[..4].copy_from_slice(&ip.to_ne_bytes());
+    on_cgroup_connect(AF_INET, daddr, port, proto);
+    1
+}
+
+/// `cgroup/connect6`: reads `user_ip6`, `user_port`, `protocol`.
+#[cgroup_sock_addr(connect6)]
+pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in `cgroup_connect4`; each `user_ip6` word is a 4-byte context load.
+    let (w, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (
+            [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]],
+            sa.user_port,
+            sa.protocol,
+        )
+    };
+    let mut daddr = [0u8; 16];
+    daddr[0..4].copy_from_slice(&w[0].to_ne_bytes());
+    daddr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    daddr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+    daddr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+    on_cgroup_connect(AF_INET6, daddr, port, proto);
+    1
+}
+
+/// Annotates the pending syscall with the protocol, or reports a connect that did not come
+/// through `connect(2)` on this thread.
+#[inline(always)]
+fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32) {
+    let key = bpf_get_current_pid_tgid();
+    if let Some(p) = PENDING_CONNECT.get_ptr_mut(&key) {
+        // SAFETY: the value belongs to this thread's in-flight syscall.
+        unsafe { (*p).protocol = protocol as u8 };
+        return;
+    }
+    let p = PendingConnect {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        fd: -1,
+        family,
+        dport: u16::from_be(user_port as u16),
+        protocol: protocol as u8,
+        _pad: [0; 7],
+        daddr,
+    };
+    emit(&p, 0, connect_source::CGROUP_ONLY);
+}

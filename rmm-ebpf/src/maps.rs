@@ -1,0 +1,96 @@
+//! Maps and globals shared by every program, and the helpers that fill and submit records.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    },
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use rmm_common::{DropReason, EventKind, Header, KernelOffsets, Settings};
+
+/// exec, fork and exit records. Sized by the daemon (`map_max_entries`).
+#[map]
+pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// connect and DNS records. Sized by the daemon.
+#[map]
+pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU loss counters, indexed by `DropReason`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// A connect between `sys_enter_connect` and `sys_exit_connect`, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub start_ns: u64,
+    pub fd: i32,
+    pub family: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 7],
+    pub daddr: [u8; 16],
+}
+
+#[map]
+pub static PENDING_CONNECT: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16384, 0);
+
+/// Kernel struct offsets, written by the daemon before load.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+/// Run-time settings, written by the daemon before load.
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings::default_const();
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: a plain read of a global; volatile so the compiler does not fold the zeroed
+    // initial value (the loader rewrites .rodata before load).
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Flags for `submit`: wake the reader only once `wakeup_bytes` are waiting; otherwise the
+/// daemon's poll timer collects the record. `wakeup_bytes == 0` means wake on every record.
+#[inline(always)]
+pub fn submit_flags(ring: &RingBuf) -> u64 {
+    // SAFETY: see `offsets`.
+    let threshold = unsafe { core::ptr::read_volatile(&raw const SETTINGS.wakeup_bytes) };
+    if threshold == 0 {
+        return 0;
+    }
+    if ring.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Fills the common header from the current task.
+#[inline(always)]
+pub fn fill_header(hdr: &mut Header, kind: EventKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    hdr.kind = kind as u32;
+    hdr.tid = pid_tgid as u32;
+    hdr.tgid = (pid_tgid >> 32) as u32;
+    hdr.uid = uid_gid as u32;
+    hdr.gid = (uid_gid >> 32) as u32;
+    hdr._pad0 = 0;
+    // SAFETY: helpers without arguments.
+    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}

@@ -1,0 +1,423 @@
+//! Ring-buffer records to typed events. Records are copied out of the ring by the readers;
+//! here they are checked (size, kind) and turned into owned values. Nothing from the kernel is
+//! trusted: lengths are clamped to the buffers, strings are decoded lossily.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rmm_common::{
+    ARGS_MAX_COUNT, ConnectEvent, DnsEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header,
+    connect_source, dns_flags, exec_flags, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use serde::Serialize;
+
+use crate::dns::{self, DnsQuery};
+
+/// Fields every event carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Task {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Exec {
+    #[serde(flatten)]
+    pub task: Task,
+    pub ppid: u32,
+    /// The filename as the caller passed it to execve.
+    pub filename: String,
+    /// The executable the kernel resolved (`mm->exe_file`), absolute.
+    pub executable: String,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fork {
+    #[serde(flatten)]
+    pub task: Task,
+    pub child_pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Exit {
+    #[serde(flatten)]
+    pub task: Task,
+    pub exit_code: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Connect {
+    #[serde(flatten)]
+    pub task: Task,
+    pub protocol: &'static str,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// success | refused | in_progress | error | unknown (no syscall result: io_uring etc.)
+    pub result: &'static str,
+    /// The syscall's return value (negative errno); absent without a syscall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i32>,
+    pub source: &'static str,
+    pub fd: i32,
+    pub duration_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dns {
+    #[serde(flatten)]
+    pub task: Task,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub sport: u16,
+    pub sock_cookie: u64,
+    #[serde(flatten)]
+    pub query: DnsQuery,
+    pub payload_truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Exec(Exec),
+    Fork(Fork),
+    Exit(Exit),
+    Connect(Connect),
+    Dns(Dns),
+}
+
+/// Why a record was not turned into an event. Each is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than a header, or not the size its kind says.
+    BadSize,
+    UnknownKind(u32),
+    /// A DNS payload that is not a parseable query (counted separately).
+    MalformedDns,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::BadSize => write!(f, "record has the wrong size for its kind"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+            DecodeError::MalformedDns => write!(f, "malformed DNS payload"),
+        }
+    }
+}
+
+/// Copies a `T` out of the record after checking its size exactly.
+fn read_record<T: Copy>(data: &[u8]) -> Result<T, DecodeError> {
+    if data.len() != std::mem::size_of::<T>() {
+        return Err(DecodeError::BadSize);
+    }
+    // SAFETY: the length matches; T is one of the rmm-common wire structs, which hold only
+    // integers and byte arrays (every bit pattern is valid); read_unaligned copes with any
+    // alignment of the buffer.
+    Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// The kind of a record, from its first four bytes.
+pub fn record_kind(data: &[u8]) -> Result<EventKind, DecodeError> {
+    let head: [u8; 4] = data.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::BadSize)?;
+    EventKind::try_from(u32::from_ne_bytes(head)).map_err(DecodeError::UnknownKind)
+}
+
+pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    Ok(match record_kind(data)? {
+        EventKind::Exec => Event::Exec(decode_exec(&read_record::<ExecEvent>(data)?)),
+        EventKind::Fork => {
+            let ev: ForkEvent = read_record(data)?;
+            Event::Fork(Fork { task: task(&ev.hdr), child_pid: ev.child_tgid })
+        }
+        EventKind::Exit => {
+            let ev: ExitEvent = read_record(data)?;
+            Event::Exit(Exit { task: task(&ev.hdr), exit_code: ev.exit_code })
+        }
+        EventKind::Connect => Event::Connect(decode_connect(&read_record::<ConnectEvent>(data)?)),
+        EventKind::Dns => Event::Dns(decode_dns(&read_record::<DnsEvent>(data)?)?),
+    })
+}
+
+fn task(h: &Header) -> Task {
+    Task {
+        ts_ns: h.ts_ns,
+        pid: h.tgid,
+        tid: h.tid,
+        uid: h.uid,
+        gid: h.gid,
+        comm: c_string(&h.comm),
+        cgroup_id: h.cgroup_id,
+    }
+}
+
+/// Bytes up to the first NUL, lossily decoded.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn clamp(buf: &[u8], len: u32) -> &[u8] {
+    &buf[..(len as usize).min(buf.len())]
+}
+
+/// Turns the leaf-first component list from the kernel into an absolute path.
+pub fn path_from_components(raw: &[u8], detached: bool) -> String {
+    let parts: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    for (i, part) in parts.iter().rev().enumerate() {
+        // A detached object (memfd:NAME, an unlinked file) has no root to hang from: its name
+        // is shown as the kernel has it, like /proc/PID/exe does.
+        if !(detached && i == 0) {
+            out.push(b'/');
+        }
+        out.extend_from_slice(part);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits the argv block into at most `ARGS_MAX_COUNT` arguments. `truncated` is true when
+/// the kernel cut the block or there were more arguments than kept.
+pub fn split_args(block: &[u8], cut_by_kernel: bool) -> (Vec<String>, bool) {
+    let body = block.strip_suffix(&[0]).unwrap_or(block);
+    if body.is_empty() {
+        return (Vec::new(), cut_by_kernel);
+    }
+    let mut args = Vec::new();
+    let mut truncated = cut_by_kernel;
+    for part in body.split(|b| *b == 0) {
+        if args.len() == ARGS_MAX_COUNT {
+            truncated = true;
+            break;
+        }
+        args.push(String::from_utf8_lossy(part).into_owned());
+    }
+    (args, truncated)
+}
+
+fn decode_exec(ev: &ExecEvent) -> Exec {
+    let mut flags = Vec::new();
+    for (bit, name) in [
+        (exec_flags::FILENAME_TRUNCATED, "filename_truncated"),
+        (exec_flags::PATH_TRUNCATED, "path_truncated"),
+        (exec_flags::PATH_ERROR, "path_error"),
+        (exec_flags::ARGS_ERROR, "args_error"),
+        (exec_flags::NO_OFFSETS, "no_offsets"),
+        (exec_flags::PATH_DETACHED, "path_detached"),
+    ] {
+        if ev.flags & bit != 0 {
+            flags.push(name);
+        }
+    }
+    let detached = ev.flags & exec_flags::PATH_DETACHED != 0;
+    let (args, args_truncated) = split_args(
+        clamp(&ev.args, ev.args_len),
+        ev.flags & exec_flags::ARGS_TRUNCATED != 0,
+    );
+    Exec {
+        task: task(&ev.hdr),
+        ppid: ev.ppid,
+        filename: String::from_utf8_lossy(clamp(&ev.filename, ev.filename_len)).into_owned(),
+        executable: path_from_components(clamp(&ev.path, ev.path_len), detached),
+        args,
+        args_truncated,
+        flags,
+    }
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    }
+}
+
+const EINPROGRESS: i32 = 115;
+const ECONNREFUSED: i32 = 111;
+
+fn decode_connect(ev: &ConnectEvent) -> Connect {
+    let syscall = ev.source == connect_source::SYSCALL;
+    let result = match (syscall, ev.ret) {
+        (false, _) => "unknown",
+        (true, 0) => "success",
+        (true, r) if r == -ECONNREFUSED => "refused",
+        (true, r) if r == -EINPROGRESS => "in_progress",
+        (true, _) => "error",
+    };
+    Connect {
+        task: task(&ev.hdr),
+        protocol: match ev.protocol {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "unknown",
+        },
+        daddr: ip(if ev.family == AF_INET6 { AF_INET6 } else { AF_INET }, &ev.daddr),
+        dport: ev.dport,
+        result,
+        ret: syscall.then_some(ev.ret),
+        source: if syscall { "syscall" } else { "cgroup_hook" },
+        fd: ev.fd,
+        duration_ns: ev.duration_ns,
+    }
+}
+
+fn decode_dns(ev: &DnsEvent) -> Result<Dns, DecodeError> {
+    let payload = clamp(&ev.payload, ev.payload_len);
+    let query = dns::parse_query(payload).map_err(|_| DecodeError::MalformedDns)?;
+    Ok(Dns {
+        task: task(&ev.hdr),
+        daddr: ip(ev.family, &ev.daddr),
+        dport: ev.dport,
+        sport: ev.sport,
+        sock_cookie: ev.sock_cookie,
+        query,
+        payload_truncated: ev.flags & dns_flags::TRUNCATED != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind) -> Header {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Header {
+            kind: kind as u32,
+            tid: 11,
+            tgid: 10,
+            uid: 1000,
+            gid: 1000,
+            _pad0: 0,
+            ts_ns: 5,
+            cgroup_id: 77,
+            comm,
+        }
+    }
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: wire structs are plain data with explicit padding.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn path_components_are_reversed() {
+        assert_eq!(path_from_components(b"true\0bin\0usr\0", false), "/usr/bin/true");
+        assert_eq!(path_from_components(b"memfd:x\0", true), "memfd:x");
+        assert_eq!(path_from_components(b"", false), "");
+    }
+
+    #[test]
+    fn args_are_split_and_capped() {
+        assert_eq!(split_args(b"a\0b c\0\0", false), (vec!["a".into(), "b c".into(), "".into()], false));
+        let many: Vec<u8> = (0..20).flat_map(|i| format!("{i}\0").into_bytes()).collect();
+        let (args, truncated) = split_args(&many, false);
+        assert_eq!(args.len(), ARGS_MAX_COUNT);
+        assert!(truncated);
+        assert_eq!(split_args(b"", true), (vec![], true));
+    }
+
+    #[test]
+    fn exec_round_trip() {
+        let mut ev = ExecEvent {
+            hdr: header(EventKind::Exec),
+            ppid: 1,
+            flags: exec_flags::ARGS_TRUNCATED,
+            filename_len: 4,
+            path_len: 13,
+            args_len: 7,
+            args_size: 4000,
+            filename: [0; rmm_common::FILENAME_LEN],
+            path: [0; rmm_common::PATH_LEN],
+            args: [0; rmm_common::ARGS_LEN],
+        };
+        ev.filename[..4].copy_from_slice(b"./tr");
+        ev.path[..13].copy_from_slice(b"true\0bin\0usr\0");
+        ev.args[..7].copy_from_slice(b"tr\0-x\0y");
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&ev)) else { panic!("exec decodes") };
+        assert_eq!(e.executable, "/usr/bin/true");
+        assert_eq!(e.filename, "./tr");
+        assert_eq!(e.args, vec!["tr", "-x", "y"]);
+        assert!(e.args_truncated);
+        assert_eq!((e.task.pid, e.task.tid, e.task.comm.as_str(), e.ppid), (10, 11, "curl", 1));
+    }
+
+    #[test]
+    fn lengths_from_the_kernel_are_clamped() {
+        let mut ev = ExecEvent {
+            hdr: header(EventKind::Exec),
+            ppid: 1,
+            flags: 0,
+            filename_len: u32::MAX,
+            path_len: u32::MAX,
+            args_len: u32::MAX,
+            args_size: 0,
+            filename: [b'a'; rmm_common::FILENAME_LEN],
+            path: [b'b'; rmm_common::PATH_LEN],
+            args: [b'c'; rmm_common::ARGS_LEN],
+        };
+        ev.ppid = 2;
+        assert!(matches!(decode(&bytes_of(&ev)), Ok(Event::Exec(_))));
+    }
+
+    #[test]
+    fn connect_results() {
+        let mut ev = ConnectEvent {
+            hdr: header(EventKind::Connect),
+            ret: -111,
+            fd: 3,
+            family: AF_INET6,
+            dport: 5938,
+            protocol: IPPROTO_TCP,
+            source: connect_source::SYSCALL,
+            _pad0: [0; 2],
+            daddr: Ipv6Addr::LOCALHOST.octets(),
+            duration_ns: 1,
+        };
+        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else { panic!("connect decodes") };
+        assert_eq!((c.result, c.protocol, c.dport, c.ret), ("refused", "tcp", 5938, Some(-111)));
+        assert_eq!(c.daddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        ev.source = connect_source::CGROUP_ONLY;
+        ev.family = AF_INET;
+        ev.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else { panic!("connect decodes") };
+        assert_eq!((c.result, c.ret), ("unknown", None));
+        assert_eq!(c.daddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert_eq!(decode(&[]).unwrap_err(), DecodeError::BadSize);
+        assert_eq!(decode(&[9, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
+        let fork = ForkEvent { hdr: header(EventKind::Fork), child_tgid: 3, _pad0: 0 };
+        let mut b = bytes_of(&fork);
+        b.pop();
+        assert_eq!(decode(&b).unwrap_err(), DecodeError::BadSize);
+        let mut dns = DnsEvent {
+            hdr: header(EventKind::Dns),
+            sock_cookie: 1,
+            family: AF_INET,
+            dport: 53,
+            sport: 4000,
+            flags: 0,
+            udp_payload_len: 3,
+            payload_len: 3,
+            daddr: [0; 16],
+            payload: [0; rmm_common::DNS_PAYLOAD_LEN],
+        };
+        dns.payload[..3].copy_from_slice(&[1, 2, 3]);
+        assert_eq!(decode(&bytes_of(&dns)).unwrap_err(), DecodeError::MalformedDns);
+    }
+}

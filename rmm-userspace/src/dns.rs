@@ -1,0 +1,141 @@
+//! DNS query payloads (copied by the kernel from UDP/53 egress) to names and types, with
+//! hickory-proto, the parser the Rust DNS ecosystem is built on.
+
+use hickory_proto::op::{Message, MessageType};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsQuery {
+    /// Transaction id.
+    pub txid: u16,
+    /// First question's name, as sent (case kept), without the trailing dot.
+    pub qname: String,
+    /// First question's type (`A`, `AAAA`, `TXT`, ...).
+    pub qtype: String,
+    /// Number of questions (almost always 1).
+    pub qcount: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// hickory could not parse the payload (truncated, bad label, bad pointer, ...).
+    Parse(String),
+    /// A response was sent to port 53.
+    NotAQuery,
+    NoQuestion,
+}
+
+/// Parses a query. A truncated payload (longer than the 512 bytes copied) usually still holds
+/// the question section, but records after it are cut: the header and questions are enough, so
+/// a failure past the questions is retried on the questions alone.
+pub fn parse_query(payload: &[u8]) -> Result<DnsQuery, DnsError> {
+    let msg = match Message::from_vec(payload) {
+        Ok(m) => m,
+        Err(e) => match questions_only(payload) {
+            Some(m) => m,
+            None => return Err(DnsError::Parse(e.to_string())),
+        },
+    };
+    if msg.metadata.message_type != MessageType::Query {
+        return Err(DnsError::NotAQuery);
+    }
+    let q = msg.queries.first().ok_or(DnsError::NoQuestion)?;
+    let mut qname = q.name().to_ascii();
+    if qname.len() > 1 && qname.ends_with('.') {
+        qname.pop();
+    }
+    Ok(DnsQuery {
+        txid: msg.metadata.id,
+        qname,
+        qtype: q.query_type().to_string(),
+        qcount: msg.queries.len(),
+    })
+}
+
+/// The same message with the answer, authority and additional counts set to zero, so that
+/// hickory stops after the questions (EDNS OPT records cut by truncation, for instance).
+fn questions_only(payload: &[u8]) -> Option<Message> {
+    if payload.len() < 12 {
+        return None;
+    }
+    let mut p = payload.to_vec();
+    p[6..12].fill(0);
+    Message::from_vec(&p).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query as glibc builds it: id, RD, one question, and an EDNS OPT record.
+    pub fn query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, if edns { 1 } else { 0 }]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if edns {
+            p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    #[test]
+    fn parses_a_and_aaaa() {
+        let q = parse_query(&query(0x1234, "relay.RustDesk.com.", 1, true)).expect("parses");
+        assert_eq!(
+            q,
+            DnsQuery { txid: 0x1234, qname: "relay.RustDesk.com".into(), qtype: "A".into(), qcount: 1 }
+        );
+        let q = parse_query(&query(7, "anydesk.com", 28, false)).expect("parses");
+        assert_eq!((q.qname.as_str(), q.qtype.as_str()), ("anydesk.com", "AAAA"));
+    }
+
+    #[test]
+    fn truncated_additional_records_still_give_the_question() {
+        let mut p = query(9, "teamviewer.com", 1, true);
+        p.truncate(p.len() - 4);
+        assert_eq!(parse_query(&p).expect("questions survive").qname, "teamviewer.com");
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        assert!(parse_query(&[]).is_err());
+        assert!(parse_query(&[0; 5]).is_err());
+        let mut p = query(1, "example.org", 1, false);
+        p.truncate(15); // inside the name
+        assert!(matches!(parse_query(&p), Err(DnsError::Parse(_))));
+        let mut resp = query(1, "example.org", 1, false);
+        resp[2] |= 0x80; // QR = response
+        assert_eq!(parse_query(&resp), Err(DnsError::NotAQuery));
+        let mut none = query(1, "example.org", 1, false);
+        none[5] = 0;
+        none.truncate(12);
+        assert_eq!(parse_query(&none), Err(DnsError::NoQuestion));
+        // a compression pointer looping on itself
+        let mut lp = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert!(parse_query(&lp).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u32 = 0x9e37_79b9;
+        for len in 0..600usize {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = parse_query(&buf);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Loading the eBPF object and attaching every program, with errors that name the probe.
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
+    },
+};
+use rmm_common::{KernelOffsets, Settings};
+
+use crate::btf;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmm-ebpf"));
+
+/// Ring names in the object, the order the readers are started in.
+pub const PROC_RING: &str = "PROC_EVENTS";
+pub const NET_RING: &str = "NET_EVENTS";
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub proc_ring_bytes: u32,
+    pub net_ring_bytes: u32,
+    pub wakeup_bytes: u64,
+}
+
+/// Checks a ring size: a power of two and a multiple of the page size (the kernel's rule).
+pub fn check_ring_size(bytes: u32) -> Result<u32> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    if !bytes.is_power_of_two() || bytes < page {
+        bail!("ring buffer size {bytes} must be a power of two and at least the page size ({page})");
+    }
+    Ok(bytes)
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// aya attaches tracepoints through tracefs; a fresh boot may not have it mounted.
+fn ensure_tracefs() -> Result<()> {
+    let events = PathBuf::from(TRACEFS).join("events");
+    if events.is_dir() || PathBuf::from("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    log::info!("tracefs is not mounted; mounting it on {TRACEFS}");
+    let src = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "tracefs is not mounted and mounting it on {TRACEFS} failed ({err}); mount it with \
+             `mount -t tracefs nodev {TRACEFS}` or give the daemon CAP_SYS_ADMIN"
+        );
+    }
+    Ok(())
+}
+
+/// The cgroup v2 mount point (on hybrid layouts, `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_src, dir, ty) = (f.next()?, f.next()?, f.next()?);
+            (ty == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+        .context("no cgroup2 file system is mounted: the connect and DNS hooks attach to the cgroup v2 root (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        // Kernels since 5.11 charge BPF memory to the cgroup, not to RLIMIT_MEMLOCK.
+        log::debug!("raising RLIMIT_MEMLOCK failed ({}); harmless on memcg-accounted kernels", std::io::Error::last_os_error());
+    }
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub attached: Vec<String>,
+    pub offsets_ok: bool,
+}
+
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this rmm-monitor binary was built without its eBPF object; build it with \
+             `cargo xtask build` (which installs bpf-linker and the BPF toolchain first)"
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        log::warn!("not running as root: loading BPF programs needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (cgroup hooks), and CAP_SYS_ADMIN to mount tracefs");
+    }
+    raise_memlock();
+    ensure_tracefs()?;
+
+    let offsets = match btf::Btf::from_file(btf::VMLINUX_BTF).and_then(|b| btf::kernel_offsets(&b)) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            log::warn!("kernel struct offsets unavailable ({e:#}): exec events will lack the resolved path, argv and ppid");
+            None
+        }
+    };
+    let offsets_ok = offsets.is_some();
+    let offsets = offsets.unwrap_or(KernelOffsets::zeroed());
+    let settings = Settings { wakeup_bytes: opts.wakeup_bytes };
+
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
+        .map_max_entries(NET_RING, check_ring_size(opts.net_ring_bytes)?)
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("SETTINGS", &settings, true)
+        .load(OBJECT)
+        .map_err(|e| permission_hint(anyhow::Error::new(e).context("loading the eBPF object")))?;
+
+    // cgroup programs are attached as BPF links (kernel >= 5.7): a link never replaces other
+    // programs on the cgroup, and the kernel refuses attach flags on links, hence `Single`.
+    let mut attached = Vec::new();
+    for (prog, category, name) in [
+        ("sched_process_exec", "sched", "sched_process_exec"),
+        ("task_newtask", "task", "task_newtask"),
+        ("sched_process_exit", "sched", "sched_process_exit"),
+        ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+        ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ] {
+        let what = format!("tracepoint {category}/{name}");
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a tracepoint"))?;
+        p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
+        p.attach(category, name).with_context(|| {
+            format!("attaching {what}: does this kernel have it? (ls {TRACEFS}/events/{category}/{name})")
+        })?;
+        attached.push(what);
+    }
+
+    let cgroup_root = cgroup2_root()?;
+    let cgroup = fs::File::open(&cgroup_root)
+        .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
+    for prog in ["cgroup_connect4", "cgroup_connect6"] {
+        let what = format!("cgroup/{} on {}", prog.trim_start_matches("cgroup_"), cgroup_root.display());
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a cgroup sock_addr program"))?;
+        p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
+        p.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {what}"))?;
+        attached.push(what);
+    }
+    let what = format!("cgroup_skb/egress on {}", cgroup_root.display());
+    let p: &mut CgroupSkb = ebpf
+        .program_mut("dns_egress")
+        .context("program dns_egress missing from the eBPF object")?
+        .try_into()
+        .context("program dns_egress is not a cgroup_skb program")?;
+    p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
+    p.attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching {what}"))?;
+    attached.push(what);
+
+    Ok(Loaded { ebpf, attached, offsets_ok })
+}
+
+/// Adds what to do when the failure is a missing privilege.
+fn permission_hint(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context("permission denied: run rmm-monitor as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
+    } else {
+        err
+    }
+}

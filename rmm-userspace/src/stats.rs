@@ -1,0 +1,91 @@
+//! Counters of what the daemon received, decoded and lost, and the kernel's drop counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use aya::maps::{MapData, PerCpuArray};
+use rmm_common::{DropReason, EventKind};
+use serde::Serialize;
+
+use crate::decode::DecodeError;
+
+#[derive(Default)]
+pub struct Stats {
+    events: [AtomicU64; 6],
+    pub bad_size: AtomicU64,
+    pub unknown_kind: AtomicU64,
+    pub dns_malformed: AtomicU64,
+    pub proc_unreadable: AtomicU64,
+    pub output_errors: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub events: std::collections::BTreeMap<&'static str, u64>,
+    pub decode_bad_size: u64,
+    pub decode_unknown_kind: u64,
+    pub dns_malformed: u64,
+    pub proc_unreadable: u64,
+    pub output_errors: u64,
+    /// Records the kernel could not deliver, by reason.
+    pub kernel_drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    pub fn event(&self, kind: EventKind) {
+        self.events[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn decode_error(&self, e: DecodeError) {
+        match e {
+            DecodeError::BadSize => &self.bad_size,
+            DecodeError::UnknownKind(_) => &self.unknown_kind,
+            DecodeError::MalformedDns => &self.dns_malformed,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self, drops: &KernelDrops) -> Snapshot {
+        Snapshot {
+            events: EventKind::ALL
+                .iter()
+                .map(|k| (k.name(), self.events[*k as usize].load(Relaxed)))
+                .collect(),
+            decode_bad_size: self.bad_size.load(Relaxed),
+            decode_unknown_kind: self.unknown_kind.load(Relaxed),
+            dns_malformed: self.dns_malformed.load(Relaxed),
+            proc_unreadable: self.proc_unreadable.load(Relaxed),
+            output_errors: self.output_errors.load(Relaxed),
+            kernel_drops: drops.read(),
+        }
+    }
+}
+
+/// The kernel's per-CPU `DROPS` array, summed over CPUs.
+pub struct KernelDrops {
+    map: Option<PerCpuArray<MapData, u64>>,
+}
+
+impl KernelDrops {
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        KernelDrops { map: Some(map) }
+    }
+
+    pub fn read(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let total = self
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.get(&(*r as u32), 0).ok())
+                    .map(|per_cpu| per_cpu.iter().copied().sum())
+                    .unwrap_or(0);
+                (r.name(), total)
+            })
+            .collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.read().values().sum()
+    }
+}
