@@ -5,7 +5,8 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let object = match env::var_os("RMM_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),
         None => manifest.join("../target/ebpf/bpfel-unknown-none/release/rmm-ebpf"),

@@ -335,8 +335,8 @@ const _: () = assert!(size_of::<ExitEvent>() == 64);
 const _: () = assert!(size_of::<ConnectEvent>() == 56 + 8 + 8 + 16 + 8);
 const _: () = assert!(size_of::<DnsEvent>() == 56 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
 const _: () = assert!(size_of::<KernelOffsets>() == 18 * 4);
-const _: () = assert!(size_of::<ExecEvent>() % 8 == 0);
-const _: () = assert!(size_of::<DnsEvent>() % 8 == 0);
+const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
+const _: () = assert!(size_of::<DnsEvent>().is_multiple_of(8));
 const _: () = assert!(PATH_START_LIMIT + PATH_COMPONENT_MAX <= PATH_LEN);
 const _: () = assert!(PATH_START_LIMIT.is_power_of_two());
 

@@ -62,7 +62,10 @@ impl Btf {
     pub fn parse(data: &[u8]) -> Result<Btf> {
         ensure!(data.len() >= 24, "BTF shorter than its header");
         let magic = u16::from_le_bytes([data[0], data[1]]);
-        ensure!(magic == BTF_MAGIC, "bad BTF magic {magic:#x} (only little-endian BTF is read)");
+        ensure!(
+            magic == BTF_MAGIC,
+            "bad BTF magic {magic:#x} (only little-endian BTF is read)"
+        );
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
         let type_len = u32_at(data, 12)? as usize;
@@ -76,7 +79,12 @@ impl Btf {
             .ok_or_else(|| anyhow!("BTF string section out of bounds"))?
             .to_vec();
 
-        let mut types = vec![Type { name: 0, kind: 0, size_or_type: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
         let mut pos = 0;
         while pos < types_data.len() {
             let name = u32_at(types_data, pos)?;
@@ -88,8 +96,8 @@ impl Btf {
             let kind_flag = info >> 31 != 0;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,                   // INT, VAR, DECL_TAG
-                3 => 12,                            // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = pos + i * 12;
@@ -97,23 +105,39 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_data, m)?,
                             ty: u32_at(types_data, m + 4)?,
-                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
                         });
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,                 // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,               // DATASEC, ENUM64
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
                 KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12
                 | 16 | KIND_TYPE_TAG => 0,
                 other => bail!("unknown BTF kind {other} at type {}", types.len()),
             };
             pos += extra;
-            types.push(Type { name, kind, size_or_type, members });
+            types.push(Type {
+                name,
+                kind,
+                size_or_type,
+                members,
+            });
         }
-        ensure!(pos == types_data.len(), "BTF type section ends inside a record");
+        ensure!(
+            pos == types_data.len(),
+            "BTF type section ends inside a record"
+        );
 
-        let mut btf = Btf { types, strings, structs_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && t.name != 0 {
                 let name = btf.string(t.name)?.to_owned();
@@ -134,7 +158,9 @@ impl Btf {
     }
 
     fn ty(&self, id: u32) -> Result<&Type> {
-        self.types.get(id as usize).ok_or_else(|| anyhow!("BTF type id {id} out of range"))
+        self.types
+            .get(id as usize)
+            .ok_or_else(|| anyhow!("BTF type id {id} out of range"))
     }
 
     /// Follows typedefs and modifiers to the underlying type.
@@ -230,7 +256,13 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
         data.extend_from_slice(&types);

@@ -63,10 +63,19 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let mut readers = Vec::new();
     for name in [probes::PROC_RING, probes::NET_RING] {
         let ring = RingBuf::try_from(
-            loaded.ebpf.take_map(name).with_context(|| format!("map {name} missing"))?,
+            loaded
+                .ebpf
+                .take_map(name)
+                .with_context(|| format!("map {name} missing"))?,
         )
         .with_context(|| format!("map {name} is not a ring buffer"))?;
-        readers.push(tokio::spawn(reader::run(name, ring, tx.clone(), opts.poll, stop_rx.clone())));
+        readers.push(tokio::spawn(reader::run(
+            name,
+            ring,
+            tx.clone(),
+            opts.poll,
+            stop_rx.clone(),
+        )));
     }
     drop(tx);
 
@@ -78,7 +87,9 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         .name("rmm-processor".into())
         .spawn(move || process(rx, events, proc_stats, seeded_tx))
         .context("starting the processor thread")?;
-    let seed = seeded_rx.await.map_err(|_| anyhow!("the processor stopped before reading /proc"))??;
+    let seed = seeded_rx
+        .await
+        .map_err(|_| anyhow!("the processor stopped before reading /proc"))??;
 
     log::info!(
         "ready: {} probes attached ({}); {} processes from /proc ({} unreadable){}",
@@ -86,7 +97,11 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         loaded.attached.join(", "),
         seed.processes,
         seed.unreadable,
-        if loaded.offsets_ok { "" } else { "; exec paths and argv unavailable (no kernel offsets)" }
+        if loaded.offsets_ok {
+            ""
+        } else {
+            "; exec paths and argv unavailable (no kernel offsets)"
+        }
     );
     notify(&[sd_notify::NotifyState::Ready]);
 
@@ -116,12 +131,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         }
     }
     match processor.join() {
-        Ok(Ok(())) => {}
+        Ok(Ok(procs)) => log::debug!("process table holds {procs} processes at exit"),
         Ok(Err(e)) => log::error!("processor failed: {e:#}"),
         Err(_) => log::error!("processor thread panicked"),
     }
     let fin = stats.snapshot(&drops);
-    log::info!("final stats: {}", serde_json::to_string(&fin).unwrap_or_default());
+    log::info!(
+        "final stats: {}",
+        serde_json::to_string(&fin).unwrap_or_default()
+    );
     // Dropping the Ebpf handle detaches every link.
     drop(loaded);
     Ok(())
@@ -146,12 +164,21 @@ fn report_interval(last: &Snapshot, now: &Snapshot) {
         })
         .collect();
     if !lost.is_empty() {
-        log::warn!("kernel dropped events in the last interval: {} (grow the ring buffers or raise the wakeup threshold)", lost.join(", "));
+        log::warn!(
+            "kernel dropped events in the last interval: {} (grow the ring buffers or raise the wakeup threshold)",
+            lost.join(", ")
+        );
     }
     let bad = |f: fn(&Snapshot) -> u64| f(now).saturating_sub(f(last));
-    let (size, kind, dns) = (bad(|s| s.decode_bad_size), bad(|s| s.decode_unknown_kind), bad(|s| s.dns_malformed));
+    let (size, kind, dns) = (
+        bad(|s| s.decode_bad_size),
+        bad(|s| s.decode_unknown_kind),
+        bad(|s| s.dns_malformed),
+    );
     if size + kind + dns > 0 {
-        log::warn!("skipped records in the last interval: bad_size={size} unknown_kind={kind} dns_malformed={dns}");
+        log::warn!(
+            "skipped records in the last interval: bad_size={size} unknown_kind={kind} dns_malformed={dns}"
+        );
     }
 }
 
@@ -160,16 +187,18 @@ fn process(
     events: EventsFormat,
     stats: Arc<Stats>,
     seeded: tokio::sync::oneshot::Sender<Result<crate::proctable::SeedReport>>,
-) -> Result<()> {
+) -> Result<usize> {
     let mut table = ProcTable::default();
     let seed = table.seed(Path::new("/proc")).context("reading /proc");
     if let Ok(r) = &seed {
-        stats.proc_unreadable.fetch_add(r.unreadable, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .proc_unreadable
+            .fetch_add(r.unreadable, std::sync::atomic::Ordering::Relaxed);
     }
     let failed = seed.is_err();
     let _ = seeded.send(seed);
     if failed {
-        return Ok(());
+        return Ok(0);
     }
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -180,7 +209,9 @@ fn process(
                     stats.event(kind_of(&ev));
                     table.apply(&ev);
                     if events == EventsFormat::Json && write_json(&mut out, &ev).is_err() {
-                        stats.output_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats
+                            .output_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 Err(e) => {
@@ -191,10 +222,12 @@ fn process(
         }
         // Flush per batch: an operator tailing the output sees events within the poll period.
         if out.flush().is_err() {
-            stats.output_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .output_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    Ok(())
+    Ok(table.len())
 }
 
 fn write_json(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rmm_common::{
-    ARGS_MAX_COUNT, ConnectEvent, DnsEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header,
-    connect_source, dns_flags, exec_flags, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    AF_INET, AF_INET6, ARGS_MAX_COUNT, ConnectEvent, DnsEvent, EventKind, ExecEvent, ExitEvent,
+    ForkEvent, Header, IPPROTO_TCP, IPPROTO_UDP, connect_source, dns_flags, exec_flags,
 };
 use serde::Serialize;
 
@@ -126,7 +126,10 @@ fn read_record<T: Copy>(data: &[u8]) -> Result<T, DecodeError> {
 
 /// The kind of a record, from its first four bytes.
 pub fn record_kind(data: &[u8]) -> Result<EventKind, DecodeError> {
-    let head: [u8; 4] = data.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::BadSize)?;
+    let head: [u8; 4] = data
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError::BadSize)?;
     EventKind::try_from(u32::from_ne_bytes(head)).map_err(DecodeError::UnknownKind)
 }
 
@@ -135,11 +138,17 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Exec => Event::Exec(decode_exec(&read_record::<ExecEvent>(data)?)),
         EventKind::Fork => {
             let ev: ForkEvent = read_record(data)?;
-            Event::Fork(Fork { task: task(&ev.hdr), child_pid: ev.child_tgid })
+            Event::Fork(Fork {
+                task: task(&ev.hdr),
+                child_pid: ev.child_tgid,
+            })
         }
         EventKind::Exit => {
             let ev: ExitEvent = read_record(data)?;
-            Event::Exit(Exit { task: task(&ev.hdr), exit_code: ev.exit_code })
+            Event::Exit(Exit {
+                task: task(&ev.hdr),
+                exit_code: ev.exit_code,
+            })
         }
         EventKind::Connect => Event::Connect(decode_connect(&read_record::<ConnectEvent>(data)?)),
         EventKind::Dns => Event::Dns(decode_dns(&read_record::<DnsEvent>(data)?)?),
@@ -262,7 +271,14 @@ fn decode_connect(ev: &ConnectEvent) -> Connect {
             IPPROTO_UDP => "udp",
             _ => "unknown",
         },
-        daddr: ip(if ev.family == AF_INET6 { AF_INET6 } else { AF_INET }, &ev.daddr),
+        daddr: ip(
+            if ev.family == AF_INET6 {
+                AF_INET6
+            } else {
+                AF_INET
+            },
+            &ev.daddr,
+        ),
         dport: ev.dport,
         result,
         ret: syscall.then_some(ev.ret),
@@ -308,21 +324,31 @@ mod tests {
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: wire structs are plain data with explicit padding.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
     fn path_components_are_reversed() {
-        assert_eq!(path_from_components(b"true\0bin\0usr\0", false), "/usr/bin/true");
+        assert_eq!(
+            path_from_components(b"true\0bin\0usr\0", false),
+            "/usr/bin/true"
+        );
         assert_eq!(path_from_components(b"memfd:x\0", true), "memfd:x");
         assert_eq!(path_from_components(b"", false), "");
     }
 
     #[test]
     fn args_are_split_and_capped() {
-        assert_eq!(split_args(b"a\0b c\0\0", false), (vec!["a".into(), "b c".into(), "".into()], false));
-        let many: Vec<u8> = (0..20).flat_map(|i| format!("{i}\0").into_bytes()).collect();
+        assert_eq!(
+            split_args(b"a\0b c\0\0", false),
+            (vec!["a".into(), "b c".into(), "".into()], false)
+        );
+        let many: Vec<u8> = (0..20)
+            .flat_map(|i| format!("{i}\0").into_bytes())
+            .collect();
         let (args, truncated) = split_args(&many, false);
         assert_eq!(args.len(), ARGS_MAX_COUNT);
         assert!(truncated);
@@ -346,12 +372,17 @@ mod tests {
         ev.filename[..4].copy_from_slice(b"./tr");
         ev.path[..13].copy_from_slice(b"true\0bin\0usr\0");
         ev.args[..7].copy_from_slice(b"tr\0-x\0y");
-        let Ok(Event::Exec(e)) = decode(&bytes_of(&ev)) else { panic!("exec decodes") };
+        let Ok(Event::Exec(e)) = decode(&bytes_of(&ev)) else {
+            panic!("exec decodes")
+        };
         assert_eq!(e.executable, "/usr/bin/true");
         assert_eq!(e.filename, "./tr");
         assert_eq!(e.args, vec!["tr", "-x", "y"]);
         assert!(e.args_truncated);
-        assert_eq!((e.task.pid, e.task.tid, e.task.comm.as_str(), e.ppid), (10, 11, "curl", 1));
+        assert_eq!(
+            (e.task.pid, e.task.tid, e.task.comm.as_str(), e.ppid),
+            (10, 11, "curl", 1)
+        );
     }
 
     #[test]
@@ -386,13 +417,20 @@ mod tests {
             daddr: Ipv6Addr::LOCALHOST.octets(),
             duration_ns: 1,
         };
-        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else { panic!("connect decodes") };
-        assert_eq!((c.result, c.protocol, c.dport, c.ret), ("refused", "tcp", 5938, Some(-111)));
+        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else {
+            panic!("connect decodes")
+        };
+        assert_eq!(
+            (c.result, c.protocol, c.dport, c.ret),
+            ("refused", "tcp", 5938, Some(-111))
+        );
         assert_eq!(c.daddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
         ev.source = connect_source::CGROUP_ONLY;
         ev.family = AF_INET;
         ev.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else { panic!("connect decodes") };
+        let Ok(Event::Connect(c)) = decode(&bytes_of(&ev)) else {
+            panic!("connect decodes")
+        };
         assert_eq!((c.result, c.ret), ("unknown", None));
         assert_eq!(c.daddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -400,8 +438,15 @@ mod tests {
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::BadSize);
-        assert_eq!(decode(&[9, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
-        let fork = ForkEvent { hdr: header(EventKind::Fork), child_tgid: 3, _pad0: 0 };
+        assert_eq!(
+            decode(&[9, 0, 0, 0]).unwrap_err(),
+            DecodeError::UnknownKind(9)
+        );
+        let fork = ForkEvent {
+            hdr: header(EventKind::Fork),
+            child_tgid: 3,
+            _pad0: 0,
+        };
         let mut b = bytes_of(&fork);
         b.pop();
         assert_eq!(decode(&b).unwrap_err(), DecodeError::BadSize);
@@ -418,6 +463,9 @@ mod tests {
             payload: [0; rmm_common::DNS_PAYLOAD_LEN],
         };
         dns.payload[..3].copy_from_slice(&[1, 2, 3]);
-        assert_eq!(decode(&bytes_of(&dns)).unwrap_err(), DecodeError::MalformedDns);
+        assert_eq!(
+            decode(&bytes_of(&dns)).unwrap_err(),
+            DecodeError::MalformedDns
+        );
     }
 }

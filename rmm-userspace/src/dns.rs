@@ -90,17 +90,28 @@ mod tests {
         let q = parse_query(&query(0x1234, "relay.RustDesk.com.", 1, true)).expect("parses");
         assert_eq!(
             q,
-            DnsQuery { txid: 0x1234, qname: "relay.RustDesk.com".into(), qtype: "A".into(), qcount: 1 }
+            DnsQuery {
+                txid: 0x1234,
+                qname: "relay.RustDesk.com".into(),
+                qtype: "A".into(),
+                qcount: 1
+            }
         );
         let q = parse_query(&query(7, "anydesk.com", 28, false)).expect("parses");
-        assert_eq!((q.qname.as_str(), q.qtype.as_str()), ("anydesk.com", "AAAA"));
+        assert_eq!(
+            (q.qname.as_str(), q.qtype.as_str()),
+            ("anydesk.com", "AAAA")
+        );
     }
 
     #[test]
     fn truncated_additional_records_still_give_the_question() {
         let mut p = query(9, "teamviewer.com", 1, true);
         p.truncate(p.len() - 4);
-        assert_eq!(parse_query(&p).expect("questions survive").qname, "teamviewer.com");
+        assert_eq!(
+            parse_query(&p).expect("questions survive").qname,
+            "teamviewer.com"
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "rmm-monitor", version, about = "Detects remote-access (RMM) tools on Linux with eBPF")]
+#[command(
+    name = "rmm-monitor",
+    version,
+    about = "Detects remote-access (RMM) tools on Linux with eBPF"
+)]
 struct Cli {
     /// Log level of the daemon's own log on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info", env = "RMM_LOG")]

@@ -5,9 +5,7 @@ use std::{fs, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
 };
 use rmm_common::{KernelOffsets, Settings};
 
@@ -31,7 +29,9 @@ pub fn check_ring_size(bytes: u32) -> Result<u32> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
     if !bytes.is_power_of_two() || bytes < page {
-        bail!("ring buffer size {bytes} must be a power of two and at least the page size ({page})");
+        bail!(
+            "ring buffer size {bytes} must be a power of two and at least the page size ({page})"
+        );
     }
     Ok(bytes)
 }
@@ -40,21 +40,82 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// aya attaches tracepoints through tracefs; a fresh boot may not have it mounted.
 fn ensure_tracefs() -> Result<()> {
-    let events = PathBuf::from(TRACEFS).join("events");
-    if events.is_dir() || PathBuf::from("/sys/kernel/debug/tracing/events").is_dir() {
-        return Ok(());
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounted = mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"));
+    if mounted {
+        let events = PathBuf::from(TRACEFS).join("events");
+        let debug_events = PathBuf::from("/sys/kernel/debug/tracing/events");
+        if fs::read_dir(&events).is_ok() || fs::read_dir(&debug_events).is_ok() {
+            return Ok(());
+        }
+        bail!(
+            "tracefs is mounted but {} cannot be read: run rmm-monitor as root",
+            events.display()
+        );
     }
     log::info!("tracefs is not mounted; mounting it on {TRACEFS}");
     let src = c"nodev";
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         bail!(
             "tracefs is not mounted and mounting it on {TRACEFS} failed ({err}); mount it with \
              `mount -t tracefs nodev {TRACEFS}` or give the daemon CAP_SYS_ADMIN"
+        );
+    }
+    Ok(())
+}
+
+/// Capabilities the daemon needs, by bit number (include/uapi/linux/capability.h).
+const NEEDED_CAPS: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "load BPF programs and maps"),
+    (
+        38,
+        "CAP_PERFMON",
+        "attach tracepoints and read kernel memory from BPF",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        "attach the cgroup connect and packet hooks",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "read tracefs and other users' /proc entries",
+    ),
+];
+
+/// Fails early, naming what is missing, instead of an EPERM deep in the loader.
+fn check_capabilities() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff line in /proc/self/status")?;
+    let missing: Vec<String> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name, why)| format!("{name} ({why})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing capabilities: {}; run rmm-monitor as root or grant them (see the systemd unit)",
+            missing.join(", ")
         );
     }
     Ok(())
@@ -75,11 +136,17 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 }
 
 fn raise_memlock() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         // Kernels since 5.11 charge BPF memory to the cgroup, not to RLIMIT_MEMLOCK.
-        log::debug!("raising RLIMIT_MEMLOCK failed ({}); harmless on memcg-accounted kernels", std::io::Error::last_os_error());
+        log::debug!(
+            "raising RLIMIT_MEMLOCK failed ({}); harmless on memcg-accounted kernels",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -96,23 +163,25 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
              `cargo xtask build` (which installs bpf-linker and the BPF toolchain first)"
         );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        log::warn!("not running as root: loading BPF programs needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (cgroup hooks), and CAP_SYS_ADMIN to mount tracefs");
-    }
+    check_capabilities()?;
     raise_memlock();
     ensure_tracefs()?;
 
-    let offsets = match btf::Btf::from_file(btf::VMLINUX_BTF).and_then(|b| btf::kernel_offsets(&b)) {
+    let offsets = match btf::Btf::from_file(btf::VMLINUX_BTF).and_then(|b| btf::kernel_offsets(&b))
+    {
         Ok(o) => Some(o),
         Err(e) => {
-            log::warn!("kernel struct offsets unavailable ({e:#}): exec events will lack the resolved path, argv and ppid");
+            log::warn!(
+                "kernel struct offsets unavailable ({e:#}): exec events will lack the resolved path, argv and ppid"
+            );
             None
         }
     };
     let offsets_ok = offsets.is_some();
     let offsets = offsets.unwrap_or(KernelOffsets::zeroed());
-    let settings = Settings { wakeup_bytes: opts.wakeup_bytes };
+    let settings = Settings {
+        wakeup_bytes: opts.wakeup_bytes,
+    };
 
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
@@ -138,7 +207,9 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {prog} is not a tracepoint"))?;
-        p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
+        p.load().map_err(|e| {
+            permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
+        })?;
         p.attach(category, name).with_context(|| {
             format!("attaching {what}: does this kernel have it? (ls {TRACEFS}/events/{category}/{name})")
         })?;
@@ -149,13 +220,19 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     let cgroup = fs::File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
     for prog in ["cgroup_connect4", "cgroup_connect6"] {
-        let what = format!("cgroup/{} on {}", prog.trim_start_matches("cgroup_"), cgroup_root.display());
+        let what = format!(
+            "cgroup/{} on {}",
+            prog.trim_start_matches("cgroup_"),
+            cgroup_root.display()
+        );
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {prog} is not a cgroup sock_addr program"))?;
-        p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
+        p.load().map_err(|e| {
+            permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
+        })?;
         p.attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {what}"))?;
         attached.push(what);
@@ -166,12 +243,22 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         .context("program dns_egress missing from the eBPF object")?
         .try_into()
         .context("program dns_egress is not a cgroup_skb program")?;
-    p.load().map_err(|e| permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)"))))?;
-    p.attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching {what}"))?;
+    p.load().map_err(|e| {
+        permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
+    })?;
+    p.attach(
+        &cgroup,
+        CgroupSkbAttachType::Egress,
+        CgroupAttachMode::Single,
+    )
+    .with_context(|| format!("attaching {what}"))?;
     attached.push(what);
 
-    Ok(Loaded { ebpf, attached, offsets_ok })
+    Ok(Loaded {
+        ebpf,
+        attached,
+        offsets_ok,
+    })
 }
 
 /// Adds what to do when the failure is a missing privilege.

@@ -38,15 +38,19 @@ impl ProcTable {
         self.procs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
-    }
-
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "parent chains for alerts (detection)")
+    )]
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
     }
 
     /// Up to `n` ancestors of `pid`, parent first.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "parent chains for alerts (detection)")
+    )]
     pub fn ancestors(&self, pid: u32, n: usize) -> Vec<&Proc> {
         let mut out = Vec::new();
         let mut cur = self.procs.get(&pid).map(|p| p.ppid);
@@ -74,7 +78,11 @@ impl ProcTable {
                 report.unreadable += 1;
                 continue;
             };
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             match read_proc(&entry.path(), pid) {
@@ -114,7 +122,11 @@ impl ProcTable {
             }
             Event::Fork(f) => {
                 let child = match self.procs.get(&f.task.pid) {
-                    Some(parent) => Proc { pid: f.child_pid, ppid: parent.pid, ..parent.clone() },
+                    Some(parent) => Proc {
+                        pid: f.child_pid,
+                        ppid: parent.pid,
+                        ..parent.clone()
+                    },
                     None => Proc {
                         pid: f.child_pid,
                         ppid: f.task.pid,
@@ -138,7 +150,10 @@ impl ProcTable {
 fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
     let stat = fs::read_to_string(dir.join("stat"))?;
     let (comm, ppid) = parse_stat(&stat).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("unparsable stat for pid {pid}"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unparsable stat for pid {pid}"),
+        )
     })?;
     let status = fs::read_to_string(dir.join("status"))?;
     let uid = status
@@ -156,7 +171,15 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
     };
     let cmdline = fs::read(dir.join("cmdline"))?;
     let (args, _) = crate::decode::split_args(&cmdline, false);
-    Ok(Proc { pid, ppid, uid, comm, executable, args, cgroup_id: 0 })
+    Ok(Proc {
+        pid,
+        ppid,
+        uid,
+        comm,
+        executable,
+        args,
+        cgroup_id: 0,
+    })
 }
 
 /// `pid (comm) state ppid ...`; comm may itself contain spaces and parentheses.
@@ -176,12 +199,23 @@ mod tests {
     use crate::decode::{Exec, Exit, Fork, Task};
 
     fn task(pid: u32) -> Task {
-        Task { ts_ns: 0, pid, tid: pid, uid: 0, gid: 0, comm: format!("c{pid}"), cgroup_id: 1 }
+        Task {
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            uid: 0,
+            gid: 0,
+            comm: format!("c{pid}"),
+            cgroup_id: 1,
+        }
     }
 
     #[test]
     fn stat_with_odd_comm() {
-        assert_eq!(parse_stat("42 (a) b) (c) S 7 42 42"), Some(("a) b) (c".into(), 7)));
+        assert_eq!(
+            parse_stat("42 (a) b) (c) S 7 42 42"),
+            Some(("a) b) (c".into(), 7))
+        );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S notanumber"), None);
     }
@@ -201,14 +235,26 @@ mod tests {
             })
         };
         t.apply(&exec(1, 0, "/sbin/init"));
-        t.apply(&Event::Fork(Fork { task: task(1), child_pid: 2 }));
-        assert_eq!(t.get(2).map(|p| (p.ppid, p.executable.as_str())), Some((1, "/sbin/init")));
+        t.apply(&Event::Fork(Fork {
+            task: task(1),
+            child_pid: 2,
+        }));
+        assert_eq!(
+            t.get(2).map(|p| (p.ppid, p.executable.as_str())),
+            Some((1, "/sbin/init"))
+        );
         t.apply(&exec(2, 1, "/bin/sh"));
-        t.apply(&Event::Fork(Fork { task: task(2), child_pid: 3 }));
+        t.apply(&Event::Fork(Fork {
+            task: task(2),
+            child_pid: 3,
+        }));
         t.apply(&exec(3, 2, "/usr/bin/x11vnc"));
         let chain: Vec<u32> = t.ancestors(3, 4).iter().map(|p| p.pid).collect();
         assert_eq!(chain, vec![2, 1]);
-        t.apply(&Event::Exit(Exit { task: task(3), exit_code: 0 }));
+        t.apply(&Event::Exit(Exit {
+            task: task(3),
+            exit_code: 0,
+        }));
         assert!(t.get(3).is_none());
         assert_eq!(t.len(), 2);
     }
@@ -218,12 +264,25 @@ mod tests {
         let mut t = ProcTable::default();
         let report = t.seed(Path::new("/proc")).expect("/proc readable");
         let me = t.get(std::process::id()).expect("own process present");
-        assert!(me.executable.ends_with(std::env::current_exe().unwrap().file_name().unwrap().to_str().unwrap()));
+        assert!(
+            me.executable.ends_with(
+                std::env::current_exe()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            )
+        );
         assert!(report.processes > 1);
     }
 
     #[test]
     fn missing_proc_root_is_an_error() {
-        assert!(ProcTable::default().seed(Path::new("/nonexistent-proc")).is_err());
+        assert!(
+            ProcTable::default()
+                .seed(Path::new("/nonexistent-proc"))
+                .is_err()
+        );
     }
 }

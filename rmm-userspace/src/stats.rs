@@ -84,8 +84,4 @@ impl KernelDrops {
             })
             .collect()
     }
-
-    pub fn total(&self) -> u64 {
-        self.read().values().sum()
-    }
 }

@@ -60,14 +60,28 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 /// The eBPF object, built with Debian's rustc (which ships `core` for bpfel) and bpf-linker.
 pub fn build_ebpf() -> Result<PathBuf> {
     let root = workspace_root();
-    let flags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
-    let path = format!("{}:{}:/usr/lib/llvm-22/bin:{}", setup::cargo_bin_dir().display(), "/usr/bin",
-        std::env::var("PATH").unwrap_or_default());
+    let flags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let path = format!(
+        "{}:{}:/usr/lib/llvm-22/bin:{}",
+        setup::cargo_bin_dir().display(),
+        "/usr/bin",
+        std::env::var("PATH").unwrap_or_default()
+    );
     run_cmd(
         Command::new("/usr/bin/cargo")
             .current_dir(&root)
             .args(["build", "--quiet", "-p", "rmm-ebpf", "--bins", "--release"])
-            .args(["--target", "bpfel-unknown-none", "--target-dir", "target/ebpf"])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "--target-dir",
+                "target/ebpf",
+            ])
             .env("RUSTC", "/usr/bin/rustc")
             .env("RUSTC_BOOTSTRAP", "1")
             .env("CARGO_ENCODED_RUSTFLAGS", flags)
@@ -78,7 +92,10 @@ pub fn build_ebpf() -> Result<PathBuf> {
     .context("building the eBPF object (rmm-ebpf)")?;
     let object = root.join("target/ebpf/bpfel-unknown-none/release/rmm-ebpf");
     if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
     }
     Ok(object)
 }
@@ -88,12 +105,18 @@ pub fn build_daemon(release: bool) -> Result<PathBuf> {
     let object = build_ebpf()?;
     let root = workspace_root();
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(&root).args(["build", "--quiet", "-p", "rmm-userspace"]).env("RMM_EBPF_OBJECT", &object);
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", "rmm-userspace"])
+        .env("RMM_EBPF_OBJECT", &object);
     if release {
         cmd.arg("--release");
     }
     run_cmd(&mut cmd).context("building rmm-monitor")?;
-    Ok(root.join(if release { "target/release/rmm-monitor" } else { "target/debug/rmm-monitor" }))
+    Ok(root.join(if release {
+        "target/release/rmm-monitor"
+    } else {
+        "target/debug/rmm-monitor"
+    }))
 }
 
 /// The cargo that runs this xtask (rustup's), for host builds.
@@ -106,13 +129,27 @@ fn test() -> Result<()> {
     let object = build_ebpf()?;
     let daemon = build_daemon(false)?;
     println!("xtask: cargo fmt --check");
-    run_cmd(Command::new(cargo()).current_dir(&root).args(["fmt", "--all", "--check"]))
-        .context("formatting differs: run `cargo fmt --all`")?;
+    run_cmd(
+        Command::new(cargo())
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )
+    .context("formatting differs: run `cargo fmt --all`")?;
     println!("xtask: cargo clippy -D warnings");
     run_cmd(
         Command::new(cargo())
             .current_dir(&root)
-            .args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .args([
+                "clippy",
+                "--quiet",
+                "--workspace",
+                "--exclude",
+                "rmm-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
             .env("RMM_EBPF_OBJECT", &object),
     )?;
     // SAFETY: geteuid has no preconditions.
@@ -123,7 +160,7 @@ fn test() -> Result<()> {
     run_cmd(
         Command::new(cargo())
             .current_dir(&root)
-            .args(["test", "--workspace", "--", "--test-threads=1"])
+            .args(["test", "--workspace", "--exclude", "rmm-ebpf", "--", "--test-threads=1"])
             .env("RMM_EBPF_OBJECT", &object)
             .env("RMM_MONITOR_BIN", &daemon),
     )
@@ -142,8 +179,15 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup::ensure_all()?;
             let bin = build_daemon(true)?;
-            let args = if args.is_empty() { vec!["--events".to_string(), "json".to_string()] } else { args };
-            let status = Command::new(&bin).arg("run").args(&args).status()
+            let args = if args.is_empty() {
+                vec!["--events".to_string(), "json".to_string()]
+            } else {
+                args
+            };
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .status()
                 .with_context(|| format!("starting {}", bin.display()))?;
             if !status.success() {
                 bail!("rmm-monitor exited with {status}");
