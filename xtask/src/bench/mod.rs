@@ -1,0 +1,414 @@
+//! `cargo xtask bench`: how much the daemon slows real work, and what it costs itself.
+//!
+//! Four storms (exec, loopback connect, DNS by sendto, glibc-style DNS by sendmmsg) run R rounds
+//! each; a round is one storm without the daemon and one with a freshly started daemon, in the
+//! order BM in odd rounds and MB in even ones, so that drift of a shared machine hits both sides.
+//! With the daemon: start it and wait for `ready` → CPU snapshot → storm → wait until its stdout
+//! holds every marker (or none new for 2 s) → CPU snapshot → (last exec round: latency probes) →
+//! memory snapshot → SIGTERM → count the storm's unique markers in its stdout.
+//!
+//! Only loopback addresses are used: 127.0.0.1 for the connect storm, 127.0.0.53:53 for DNS.
+
+mod monitor;
+mod report;
+mod storm;
+mod sys;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use monitor::{Daemon, Drain, Markers, ProcSnap, StopReport, Tail};
+use storm::StormResult;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Alternating baseline/monitored rounds per workload.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
+    /// Workloads to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Workload>,
+    /// Execs per exec storm.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    n_exec: u64,
+    /// Connects per connect storm (ports --port-base .. +N-1, kept below the ephemeral range).
+    #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
+    n_connect: u64,
+    /// DNS queries per DNS storm (dns and dns-mmsg).
+    #[arg(long, default_value_t = 80000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    n_dns: u64,
+    /// First port of the connect storm.
+    #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1025..))]
+    port_base: u16,
+    /// Exec latency probes in the last exec round (0 = none).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    lat_samples: u64,
+    /// Keep the work directory (the daemon's stdout and stderr of every round).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    Exec,
+    Connect,
+    Dns,
+    DnsMmsg,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::Exec,
+        Workload::Connect,
+        Workload::Dns,
+        Workload::DnsMmsg,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Exec => "exec",
+            Workload::Connect => "connect",
+            Workload::Dns => "dns",
+            Workload::DnsMmsg => "dns-mmsg",
+        }
+    }
+
+    fn is_dns(self) -> bool {
+        matches!(self, Workload::Dns | Workload::DnsMmsg)
+    }
+}
+
+/// The DNS responder's address (loopback) and the CPU the DNS storms and the responder share.
+const DNS_SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 53);
+const DNS_CPU: usize = 0;
+/// After a storm, the daemon has caught up once every marker is out, or none new came for this.
+const DRAIN_QUIET_S: f64 = 2.0;
+const DRAIN_TIMEOUT_S: f64 = 60.0;
+/// After `ready`, before the storm.
+const SETTLE_S: f64 = 0.2;
+const LAT_INTERVAL_S: f64 = 0.1;
+const LAT_TIMEOUT_S: f64 = 5.0;
+
+/// What the storms need to know, fixed for the run.
+struct Ctx {
+    daemon: PathBuf,
+    work: PathBuf,
+    nonce: String,
+    exec_prog: PathBuf,
+    port_base: u16,
+    rounds: u32,
+    lat_samples: u64,
+    n_exec: u64,
+    n_connect: u64,
+    n_dns: u64,
+}
+
+impl Ctx {
+    fn n_of(&self, wl: Workload) -> u64 {
+        match wl {
+            Workload::Exec => self.n_exec,
+            Workload::Connect => self.n_connect,
+            Workload::Dns => self.n_dns,
+            Workload::DnsMmsg => self.n_dns + self.n_dns % 2,
+        }
+    }
+
+    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU.
+    fn storm(&self, wl: Workload, n: u64) -> Result<StormResult> {
+        match wl {
+            Workload::Exec => storm::exec(n, &self.exec_prog, &self.nonce),
+            Workload::Connect => storm::connect(n, self.port_base),
+            Workload::Dns | Workload::DnsMmsg => {
+                let _pin = sys::pin_to_cpu(DNS_CPU)?;
+                if wl == Workload::Dns {
+                    storm::dns_sendto(n, DNS_SERVER, &self.nonce)
+                } else {
+                    storm::dns_mmsg(n, DNS_SERVER, &self.nonce)
+                }
+            }
+        }
+    }
+}
+
+/// The work directory, removed when dropped unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("bench: work directory kept: {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Everything measured in one monitored storm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Monitored {
+    pub storm: Option<StormResult>,
+    pub ready_s: f64,
+    pub snap_before: ProcSnap,
+    pub snap_after: Option<ProcSnap>,
+    pub snap_end: Option<ProcSnap>,
+    /// Daemon CPU from just before the storm to catch-up: schedstat of its threads.
+    pub cpu_s: Option<f64>,
+    /// The same from /proc/PID/stat utime+stime (clock ticks).
+    pub cpu_stat_s: Option<f64>,
+    pub drain: Option<Drain>,
+    pub issued: u64,
+    pub seen: u64,
+    pub lost: u64,
+    /// Lines the daemon wrote in all (every event of the machine, not only the storm's).
+    pub daemon_lines: u64,
+    pub unparsed_lines: u64,
+    pub stop: Option<StopReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Vec<Option<f64>>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub round: u32,
+    pub order: &'static str,
+    pub baseline: Option<StormResult>,
+    pub monitored: Option<Monitored>,
+    /// baseline ops/s ÷ monitored ops/s.
+    pub ratio: Option<f64>,
+    pub error: Option<String>,
+    pub loadavg: Option<String>,
+    pub other_tracers: Vec<String>,
+}
+
+pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench loads eBPF programs and binds port 53: run it as root");
+    }
+    if !daemon.is_file() {
+        bail!("no daemon binary at {}", daemon.display());
+    }
+    let eph_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32768);
+    let last_port = u64::from(args.port_base) + args.n_connect;
+    if last_port > eph_low {
+        bail!(
+            "connect ports {}..{} reach the ephemeral range (from {eph_low}): lower --n-connect or --port-base",
+            args.port_base,
+            last_port - 1
+        );
+    }
+    let workloads: Vec<Workload> = if args.only.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        Workload::ALL
+            .into_iter()
+            .filter(|w| args.only.contains(w))
+            .collect()
+    };
+    sys::install_stop_handlers()?;
+
+    let nonce = sys::nonce()?;
+    let work = WorkDir {
+        path: std::env::temp_dir().join(format!("rmm-bench-{nonce}")),
+        keep: args.keep,
+    };
+    std::fs::create_dir_all(&work.path)
+        .with_context(|| format!("creating {}", work.path.display()))?;
+    let exec_prog = work.path.join(format!("storm-exec-{nonce}"));
+    std::fs::copy("/bin/true", &exec_prog).context("copying /bin/true into the work directory")?;
+    let ctx = Ctx {
+        daemon: daemon.to_path_buf(),
+        work: work.path.clone(),
+        nonce,
+        exec_prog,
+        port_base: args.port_base,
+        rounds: args.rounds,
+        lat_samples: args.lat_samples,
+        n_exec: args.n_exec,
+        n_connect: args.n_connect,
+        n_dns: args.n_dns,
+    };
+    let started = std::time::SystemTime::now();
+    let t0 = sys::now_s();
+    eprintln!(
+        "bench: {} round(s) of {} (nonce {}, daemon {})",
+        ctx.rounds,
+        workloads
+            .iter()
+            .map(|w| w.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ctx.nonce,
+        daemon.display()
+    );
+
+    let mut results = Vec::new();
+    for wl in &workloads {
+        results.push(run_workload(&ctx, *wl)?);
+    }
+
+    let meta = report::Meta::new(&ctx, &workloads, started, sys::now_s() - t0);
+    let doc = report::Doc::new(meta, results);
+    let out_dir = crate::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("latest.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    print!("{}", doc.table());
+    println!("\nRaw numbers: {}", out.display());
+    eprintln!("bench: done in {:.0} s", sys::now_s() - t0);
+    Ok(())
+}
+
+fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
+    let n = ctx.n_of(wl);
+    let _responder = if wl.is_dns() {
+        Some(storm::Responder::start(DNS_SERVER, Some(DNS_CPU))?)
+    } else {
+        None
+    };
+    let warm = ctx
+        .storm(wl, (n / 10).max(1))
+        .with_context(|| format!("warm-up {} storm", wl.name()))?;
+    if warm.errors > 0 {
+        eprintln!(
+            "bench: [{}] warm-up: {} of {} operations failed",
+            wl.name(),
+            warm.errors,
+            warm.ops
+        );
+    }
+    let mut rounds = Vec::new();
+    for r in 1..=ctx.rounds {
+        let order = if r % 2 == 1 { "BM" } else { "MB" };
+        let mut round = Round {
+            round: r,
+            order,
+            baseline: None,
+            monitored: None,
+            ratio: None,
+            error: None,
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            other_tracers: monitor::other_tracers(&[]),
+        };
+        for phase in order.chars() {
+            if phase == 'B' {
+                round.baseline = Some(
+                    ctx.storm(wl, n)
+                        .with_context(|| format!("{} storm", wl.name()))?,
+                );
+                sys::sleep_s(0.5)?;
+            } else {
+                match monitored(ctx, wl, r) {
+                    Ok(m) => round.monitored = Some(m),
+                    Err(e) => {
+                        sys::check_stop()?;
+                        eprintln!("bench: [{}] round {r}: {e:#}", wl.name());
+                        round.error = Some(format!("{e:#}"));
+                    }
+                }
+                sys::sleep_s(1.0)?;
+            }
+        }
+        let b = round.baseline.as_ref().map(|s| s.ops_per_s);
+        let m = round
+            .monitored
+            .as_ref()
+            .and_then(|m| m.storm.as_ref())
+            .map(|s| s.ops_per_s);
+        if let (Some(b), Some(m)) = (b, m)
+            && m > 0.0
+        {
+            round.ratio = Some(b / m);
+        }
+        eprintln!(
+            "bench: [{}] round {r}/{} ({order}): {}",
+            wl.name(),
+            ctx.rounds,
+            report::round_line(&round)
+        );
+        rounds.push(round);
+    }
+    Ok(report::WorkloadResult::new(wl, n, rounds))
+}
+
+/// One storm with a fresh daemon.
+fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
+    let n = ctx.n_of(wl);
+    let daemon = Daemon::start(
+        &ctx.daemon,
+        &ctx.work.join(format!("{}-r{round}", wl.name())),
+    )?;
+    sys::sleep_s(SETTLE_S)?;
+    let mut tail = Tail::open(&daemon.stdout)?;
+    let mut markers = Markers::new(wl, n, &ctx.nonce, ctx.port_base);
+    let snap_before = daemon.snapshot();
+    let mut m = Monitored {
+        storm: None,
+        ready_s: daemon.ready_s,
+        snap_before,
+        snap_after: None,
+        snap_end: None,
+        cpu_s: None,
+        cpu_stat_s: None,
+        drain: None,
+        issued: n,
+        seen: 0,
+        lost: n,
+        daemon_lines: 0,
+        unparsed_lines: 0,
+        stop: None,
+        latency_ms: None,
+    };
+    let storm = ctx
+        .storm(wl, n)
+        .with_context(|| format!("{} storm with the daemon", wl.name()))?;
+    m.storm = Some(storm);
+    m.drain = Some(monitor::drain(
+        &mut tail,
+        &mut markers,
+        DRAIN_QUIET_S,
+        DRAIN_TIMEOUT_S,
+    )?);
+    let after = daemon.snapshot();
+    m.cpu_s = Some(after.sched_cpu_s - m.snap_before.sched_cpu_s);
+    m.cpu_stat_s = Some(after.stat_cpu_s - m.snap_before.stat_cpu_s);
+    m.snap_after = Some(after);
+    if wl == Workload::Exec && round == ctx.rounds && ctx.lat_samples > 0 {
+        eprintln!(
+            "bench: [exec] latency: {} probes, {LAT_INTERVAL_S} s apart",
+            ctx.lat_samples
+        );
+        m.latency_ms = Some(monitor::exec_latency(
+            &daemon.stdout,
+            &ctx.exec_prog,
+            &ctx.nonce,
+            ctx.lat_samples as usize,
+            LAT_INTERVAL_S,
+            LAT_TIMEOUT_S,
+        )?);
+    }
+    m.snap_end = Some(daemon.snapshot());
+    m.stop = Some(daemon.stop()?);
+    markers.feed(&tail.read_all()?);
+    markers.finish();
+    m.seen = markers.seen;
+    m.lost = n.saturating_sub(markers.seen);
+    m.daemon_lines = markers.lines;
+    m.unparsed_lines = markers.unparsed;
+    Ok(m)
+}

@@ -1,0 +1,435 @@
+//! Per-workload summaries over rounds, the printed table and the JSON document.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload};
+
+#[derive(Debug, Serialize)]
+pub struct Meta {
+    pub started_unix_s: u64,
+    pub elapsed_s: f64,
+    pub kernel: String,
+    pub cpus: usize,
+    pub daemon: String,
+    pub daemon_cmd: String,
+    pub rounds: u32,
+    pub workloads: Vec<&'static str>,
+    pub nonce: String,
+    pub port_base: u16,
+    pub dns_server: String,
+    pub dns_cpu: usize,
+    pub drain_quiet_s: f64,
+    pub lat_samples: u64,
+    pub cmdline: Vec<String>,
+    pub method: Vec<&'static str>,
+}
+
+const METHOD: [&str; 8] = [
+    "ops/s: operations of one storm / its wall time (CLOCK_MONOTONIC, first op to end of last; setup before the clock)",
+    "slowdown: per round baseline ops/s / monitored ops/s; median and min-max over rounds; order BM in odd rounds, MB in even",
+    "lost: issued - seen, worst round; seen = unique storm markers in the daemon's JSON stdout (exec: args hold sx<nonce>.<i>; connect: daddr 127.0.0.1 and dport = base+i; dns: qname = q<i>.storm-<nonce>.test)",
+    "daemon CPU: sum of /proc/PID/task/*/schedstat run time, just before the storm to catch-up (all markers out, or none new for 2 s); per 1000 storm operations issued",
+    "peak RSS: VmHWM of the daemon from /proc/PID/status just before SIGTERM, largest over rounds",
+    "latency: last exec round, single execs 100-150 ms apart (random, so that they fall at every phase of the daemon's poll timer), each stamped with CLOCK_MONOTONIC in the child right before execve; seen = a reader thread (inotify on the stdout file) finds a complete exec line holding its marker; nearest-rank p50/p99",
+    "kernel drops: sum of kernel_drops in the daemon's `final stats` line on SIGTERM, per round",
+    "DNS storms and their responder (127.0.0.53:53, NXDOMAIN to everything) are pinned to CPU 0; the daemon is not pinned",
+];
+
+impl Meta {
+    pub(super) fn new(
+        ctx: &Ctx,
+        workloads: &[Workload],
+        started: std::time::SystemTime,
+        elapsed_s: f64,
+    ) -> Meta {
+        Meta {
+            started_unix_s: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            elapsed_s,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
+            cpus: super::sys::online_cpus(),
+            daemon: ctx.daemon.display().to_string(),
+            daemon_cmd: format!("{} run --events json", ctx.daemon.display()),
+            rounds: ctx.rounds,
+            workloads: workloads.iter().map(|w| w.name()).collect(),
+            nonce: ctx.nonce.clone(),
+            port_base: ctx.port_base,
+            dns_server: DNS_SERVER.to_string(),
+            dns_cpu: DNS_CPU,
+            drain_quiet_s: DRAIN_QUIET_S,
+            lat_samples: ctx.lat_samples,
+            cmdline: std::env::args().collect(),
+            method: METHOD.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub seen: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub workload: &'static str,
+    pub n: u64,
+    pub rounds: usize,
+    pub rounds_ok: usize,
+    pub baseline_ops_median: Option<f64>,
+    pub monitored_ops_median: Option<f64>,
+    pub ratio_median: Option<f64>,
+    pub ratio_min: Option<f64>,
+    pub ratio_max: Option<f64>,
+    pub seen_per_round: Vec<u64>,
+    pub lost_worst: Option<u64>,
+    pub cpu_s_median: Option<f64>,
+    pub cpu_s_per_1k_median: Option<f64>,
+    pub peak_rss_kb: Option<u64>,
+    pub latency: Option<Latency>,
+    pub kernel_drops_per_round: Vec<Option<u64>>,
+    pub storm_errors: u64,
+    pub drain_s_max: Option<f64>,
+    pub drains_not_complete: usize,
+    pub failed_rounds: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkloadResult {
+    pub summary: Summary,
+    pub rounds: Vec<Round>,
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// Nearest-rank percentile.
+pub fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0 * v.len() as f64).ceil() as usize).max(1);
+    Some(v[rank.min(v.len()) - 1])
+}
+
+fn fmin(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::min)
+}
+
+fn fmax(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::max)
+}
+
+impl WorkloadResult {
+    pub fn new(wl: Workload, n: u64, rounds: Vec<Round>) -> WorkloadResult {
+        let mons: Vec<_> = rounds.iter().filter_map(|r| r.monitored.as_ref()).collect();
+        let base_ops: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| Some(r.baseline.as_ref()?.ops_per_s))
+            .collect();
+        let mon_ops: Vec<f64> = mons
+            .iter()
+            .filter_map(|m| Some(m.storm.as_ref()?.ops_per_s))
+            .collect();
+        let ratios: Vec<f64> = rounds.iter().filter_map(|r| r.ratio).collect();
+        let cpus: Vec<f64> = mons.iter().filter_map(|m| m.cpu_s).collect();
+        let per_1k: Vec<f64> = mons
+            .iter()
+            .filter_map(|m| Some(m.cpu_s? / m.issued as f64 * 1000.0))
+            .collect();
+        let latency = mons
+            .iter()
+            .rev()
+            .find_map(|m| m.latency_ms.as_ref())
+            .map(|l| {
+                let seen: Vec<f64> = l.iter().flatten().copied().collect();
+                Latency {
+                    samples: l.len(),
+                    seen: seen.len(),
+                    p50_ms: percentile(&seen, 50.0),
+                    p99_ms: percentile(&seen, 99.0),
+                    max_ms: fmax(&seen),
+                }
+            });
+        let storm_errors = rounds
+            .iter()
+            .flat_map(|r| {
+                [
+                    r.baseline.as_ref(),
+                    r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
+                ]
+            })
+            .flatten()
+            .map(|s| s.errors)
+            .sum();
+        let summary = Summary {
+            workload: wl.name(),
+            n,
+            rounds: rounds.len(),
+            rounds_ok: ratios.len(),
+            baseline_ops_median: median(&base_ops),
+            monitored_ops_median: median(&mon_ops),
+            ratio_median: median(&ratios),
+            ratio_min: fmin(&ratios),
+            ratio_max: fmax(&ratios),
+            seen_per_round: mons.iter().map(|m| m.seen).collect(),
+            lost_worst: mons.iter().map(|m| m.lost).max(),
+            cpu_s_median: median(&cpus),
+            cpu_s_per_1k_median: median(&per_1k),
+            peak_rss_kb: mons
+                .iter()
+                .filter_map(|m| Some(m.snap_end.as_ref()?.vm_hwm_kb))
+                .max(),
+            latency,
+            kernel_drops_per_round: mons
+                .iter()
+                .map(|m| m.stop.as_ref().and_then(|s| s.kernel_drops_sum))
+                .collect(),
+            storm_errors,
+            drain_s_max: fmax(
+                &mons
+                    .iter()
+                    .filter_map(|m| Some(m.drain.as_ref()?.drain_s))
+                    .collect::<Vec<_>>(),
+            ),
+            drains_not_complete: mons
+                .iter()
+                .filter(|m| {
+                    m.drain
+                        .as_ref()
+                        .is_some_and(|d| d.why != "all markers seen")
+                })
+                .count(),
+            failed_rounds: rounds.iter().filter_map(|r| r.error.clone()).collect(),
+        };
+        WorkloadResult { summary, rounds }
+    }
+}
+
+/// One progress line for a finished round.
+pub fn round_line(r: &Round) -> String {
+    let mut s = String::new();
+    if let Some(b) = &r.baseline {
+        let _ = write!(s, "baseline {:.0}/s", b.ops_per_s);
+    }
+    if let Some(m) = &r.monitored {
+        if let Some(st) = &m.storm {
+            let _ = write!(s, ", with daemon {:.0}/s", st.ops_per_s);
+        }
+        if let Some(x) = r.ratio {
+            let _ = write!(s, ", ratio {x:.3}");
+        }
+        let _ = write!(s, ", seen {}/{}", m.seen, m.issued);
+        if let Some(c) = m.cpu_s {
+            let _ = write!(s, ", daemon CPU {c:.2} s");
+        }
+        if let Some(d) = m.stop.as_ref().and_then(|s| s.kernel_drops_sum) {
+            let _ = write!(s, ", kernel drops {d}");
+        }
+        if let Some(d) = &m.drain {
+            let _ = write!(s, ", caught up in {:.1} s ({})", d.drain_s, d.why);
+        }
+    }
+    if let Some(e) = &r.error {
+        let _ = write!(s, "; FAILED: {e}");
+    }
+    s
+}
+
+#[derive(Debug, Serialize)]
+pub struct Doc {
+    pub meta: Meta,
+    pub results: Vec<WorkloadResult>,
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
+}
+
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let (sign, digits) = s.split_at(usize::from(s.starts_with('-')));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+impl Doc {
+    pub fn new(meta: Meta, results: Vec<WorkloadResult>) -> Doc {
+        Doc { meta, results }
+    }
+
+    /// The Markdown table, its notes below it.
+    pub fn table(&self) -> String {
+        let head = [
+            "workload",
+            "N",
+            "baseline ops/s",
+            "with daemon ops/s",
+            "slowdown median (min–max)",
+            "events lost, worst round",
+            "daemon CPU ms / 1k events",
+            "peak RSS MB",
+            "exec→event p50 / p99 ms",
+            "kernel drops / round",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+        let mut notes = Vec::new();
+        let mut cpu_note: Vec<String> = Vec::new();
+        for r in &self.results {
+            let s = &r.summary;
+            let lost = match (
+                s.lost_worst,
+                s.seen_per_round.iter().min(),
+                s.seen_per_round.iter().max(),
+            ) {
+                (Some(l), Some(lo), Some(hi)) => {
+                    format!(
+                        "{} ({}–{} seen)",
+                        thousands(l as f64),
+                        thousands(*lo as f64),
+                        thousands(*hi as f64)
+                    )
+                }
+                _ => "–".into(),
+            };
+            let lat = match &s.latency {
+                Some(l) if l.seen > 0 => format!("{} / {}", opt(l.p50_ms, 1), opt(l.p99_ms, 1)),
+                Some(_) => "none seen".into(),
+                None => "–".into(),
+            };
+            let drops = if s.kernel_drops_per_round.is_empty() {
+                "–".into()
+            } else {
+                s.kernel_drops_per_round
+                    .iter()
+                    .map(|d| d.map_or("?".into(), |d| d.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            rows.push(vec![
+                s.workload.into(),
+                thousands(s.n as f64),
+                s.baseline_ops_median.map_or("–".into(), thousands),
+                s.monitored_ops_median.map_or("–".into(), thousands),
+                match (s.ratio_median, s.ratio_min, s.ratio_max) {
+                    (Some(m), Some(lo), Some(hi)) => format!("{m:.3} ({lo:.3}–{hi:.3})"),
+                    _ => "–".into(),
+                },
+                lost,
+                opt(s.cpu_s_per_1k_median.map(|x| x * 1000.0), 2),
+                opt(s.peak_rss_kb.map(|k| k as f64 / 1024.0), 1),
+                lat,
+                drops,
+            ]);
+            let w = s.workload;
+            if s.storm_errors > 0 {
+                notes.push(format!(
+                    "{w}: {} storm operations failed (both sides, all rounds)",
+                    s.storm_errors
+                ));
+            }
+            if s.drains_not_complete > 0 {
+                notes.push(format!(
+                    "{w}: in {} round(s) the daemon's output never held every marker (stopped waiting after {DRAIN_QUIET_S} s without a new one)",
+                    s.drains_not_complete
+                ));
+            }
+            if let Some(l) = &s.latency
+                && l.seen < l.samples
+            {
+                notes.push(format!(
+                    "{w}: {} of {} latency probes not seen within 5 s",
+                    l.samples - l.seen,
+                    l.samples
+                ));
+            }
+            for e in &s.failed_rounds {
+                notes.push(format!("{w}: failed round: {e}"));
+            }
+            if let Some(c) = s.cpu_s_median {
+                cpu_note.push(format!("{w} {c:.3} s"));
+            }
+        }
+        if !cpu_note.is_empty() {
+            notes.push(format!(
+                "daemon CPU per storm, storm start to catch-up (median): {}",
+                cpu_note.join(", ")
+            ));
+        }
+        let widths: Vec<usize> = (0..head.len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "rmm-monitor overhead: {} round(s) per workload, kernel {}, {} CPUs, {:.0} s",
+            self.meta.rounds, self.meta.kernel, self.meta.cpus, self.meta.elapsed_s
+        );
+        let _ = writeln!(out);
+        for (i, r) in rows.iter().enumerate() {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (v, w))| {
+                    let pad = " ".repeat(w - v.chars().count());
+                    if c == 0 {
+                        format!(" {v}{pad} ")
+                    } else {
+                        format!(" {pad}{v} ")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "|{}|", cells.join("|"));
+            if i == 0 {
+                let rule: Vec<String> = widths
+                    .iter()
+                    .enumerate()
+                    .map(|(c, w)| {
+                        if c == 0 {
+                            "-".repeat(w + 2)
+                        } else {
+                            format!("{}:", "-".repeat(w + 1))
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(out, "|{}|", rule.join("|"));
+            }
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(out);
+            for n in notes {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        out
+    }
+}
