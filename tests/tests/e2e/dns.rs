@@ -1,0 +1,293 @@
+//! DNS events: glibc's getaddrinfo against a loopback responder, and queries sent with
+//! sendto, send, write and sendmmsg, over IPv4 and IPv6; oversized and malformed payloads.
+//! Nothing is ever sent to the machine's configured resolver.
+
+use std::net::SocketAddr;
+
+use rmm_tests::{
+    HelperRun, Monitor, Value,
+    dnswire::{self, TYPE_A, TYPE_AAAA, type_name},
+    nonce, num, own_cgroup_id,
+    responder::{Received, Responder},
+    text,
+};
+
+use crate::{helper, helper_comm, root_or_skip};
+
+/// The responder's address: a loopback address of its own, so that it never collides with
+/// a local resolver on 127.0.0.1 or 127.0.0.53.
+const RESOLVER_V4: &str = "127.0.0.153";
+
+fn responder(ip: &str) -> std::io::Result<Responder> {
+    Responder::bind(SocketAddr::new(ip.parse().expect("an IP"), 53))
+}
+
+fn responder_v4() -> Responder {
+    responder(RESOLVER_V4)
+        .unwrap_or_else(|e| panic!("binding the DNS responder on {RESOLVER_V4}:53: {e}"))
+}
+
+fn unique_name(tag: &str) -> String {
+    format!("{tag}-{}.rmm-e2e.test", nonce())
+}
+
+/// Waits for `n` DNS events of the helper run `run`.
+fn dns_events(m: &Monitor, run: &HelperRun, n: usize) -> Vec<Value> {
+    let pid = u64::from(run.pid);
+    m.wait_for_n(&format!("DNS from helper pid {pid}"), n, |e| {
+        e["event"] == "dns" && num(e, "pid") == pid
+    })
+}
+
+/// The fields every DNS event of a helper query has.
+fn assert_query(ev: &Value, run: &HelperRun, daddr: &str, qname: &str, qtype: &str) {
+    assert_eq!(num(ev, "tid"), u64::from(run.pid), "{ev}");
+    assert_eq!(text(ev, "comm"), helper_comm(), "{ev}");
+    assert_eq!((num(ev, "uid"), num(ev, "gid")), (0, 0), "{ev}");
+    assert_eq!(num(ev, "cgroup_id"), own_cgroup_id(), "{ev}");
+    assert_eq!(text(ev, "daddr"), daddr, "{ev}");
+    assert_eq!(num(ev, "dport"), 53, "{ev}");
+    assert_eq!(text(ev, "qname"), qname, "{ev}");
+    assert_eq!(text(ev, "qtype"), qtype, "{ev}");
+    assert_eq!(num(ev, "qcount"), 1, "{ev}");
+    assert_eq!(ev["payload_truncated"], false, "{ev}");
+    assert!(num(ev, "sock_cookie") > 0, "{ev}");
+}
+
+/// The event whose qtype is `qtype`.
+fn by_type<'a>(events: &'a [Value], qtype: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["qtype"] == qtype)
+        .unwrap_or_else(|| panic!("no {qtype} query among {events:?}"))
+}
+
+/// glibc's getaddrinfo, in the helper's private mount namespace whose resolv.conf names only
+/// `resolver`: both the A and the AAAA queries are reported with the responder's view of
+/// their transaction ids and source port.
+fn check_getaddrinfo(m: &Monitor, resp: &Responder, resolver: &str) {
+    let name = unique_name("gai");
+    let run = helper(&["getaddrinfo", resolver, &name]);
+    run.assert_success();
+    assert_eq!(
+        run.all("addr"),
+        vec!["127.0.0.1"],
+        "resolved through the responder"
+    );
+    let events = dns_events(m, &run, 2);
+    let mut cookies = Vec::new();
+    for qtype in [TYPE_A, TYPE_AAAA] {
+        let tname = type_name(qtype);
+        let ev = by_type(&events, &tname);
+        assert_query(ev, &run, resolver, &name, &tname);
+        let got: Received = resp.wait_received(&format!("{tname} {name}"), |r| {
+            r.name == name && r.qtype == qtype
+        });
+        assert_eq!(num(ev, "txid"), u64::from(got.id), "txid as received: {ev}");
+        assert_eq!(
+            num(ev, "sport"),
+            u64::from(got.from.port()),
+            "sport as received: {ev}"
+        );
+        cookies.push(num(ev, "sock_cookie"));
+    }
+    assert_eq!(
+        cookies[0], cookies[1],
+        "glibc sends both queries on one socket: {events:?}"
+    );
+    // glibc connects its UDP socket to the server before sendmmsg.
+    let pid = u64::from(run.pid);
+    let c = m.wait_for("glibc's connect to the resolver", |e| {
+        e["event"] == "connect" && num(e, "pid") == pid && num(e, "dport") == 53
+    });
+    assert_eq!(
+        (text(&c, "protocol"), text(&c, "daddr"), text(&c, "result")),
+        ("udp", resolver, "success"),
+        "{c}"
+    );
+}
+
+#[test]
+fn dns_getaddrinfo_through_glibc() {
+    root_or_skip!("dns_getaddrinfo_through_glibc");
+    let resp = responder_v4();
+    let m = Monitor::start(&[]);
+    check_getaddrinfo(&m, &resp, RESOLVER_V4);
+    m.stop().assert_clean();
+}
+
+#[test]
+fn dns_sendto_unconnected() {
+    root_or_skip!("dns_sendto_unconnected");
+    let m = Monitor::start(&[]);
+    let name = unique_name("sendto");
+    let run = helper(&["dns-sendto", "127.0.0.1", &name, "TXT"]);
+    run.assert_success();
+    let ev = &dns_events(&m, &run, 1)[0];
+    assert_query(ev, &run, "127.0.0.1", &name, "TXT");
+    assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
+    assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+    m.stop().assert_clean();
+}
+
+#[test]
+fn dns_oversized_query_is_truncated_but_parsed() {
+    root_or_skip!("dns_oversized_query_is_truncated_but_parsed");
+    let m = Monitor::start(&[]);
+    let name = unique_name("big");
+    let run = helper(&["dns-sendto", "127.0.0.1", &name, "A", "700"]);
+    run.assert_success();
+    assert!(
+        run.num::<usize>("len") > 512,
+        "the query is larger than the 512 bytes copied"
+    );
+    let ev = &dns_events(&m, &run, 1)[0];
+    assert_eq!(
+        (text(ev, "qname"), text(ev, "qtype")),
+        (name.as_str(), "A"),
+        "{ev}"
+    );
+    assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
+    assert_eq!(ev["payload_truncated"], true, "{ev}");
+    let stopped = m.stop();
+    stopped.assert_clean();
+    assert_eq!(stopped.stat("/dns_malformed"), 0);
+}
+
+#[test]
+fn dns_connected_send_and_write() {
+    root_or_skip!("dns_connected_send_and_write");
+    let resp = responder_v4();
+    let m = Monitor::start(&[]);
+    let name = unique_name("conn");
+    let run = helper(&["dns-connected-send", RESOLVER_V4, &name]);
+    run.assert_success();
+    let events = dns_events(&m, &run, 2);
+    for (ev, key) in events.iter().zip(["txid_send", "txid_write"]) {
+        assert_query(ev, &run, RESOLVER_V4, &name, "A");
+        assert_eq!(
+            num(ev, "txid"),
+            run.num::<u64>(key),
+            "{key}, in send order: {ev}"
+        );
+        assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+        let id = run.num::<u16>(key);
+        resp.wait_received(key, |r| r.id == id && r.name == name);
+    }
+    assert_eq!(
+        num(&events[0], "sock_cookie"),
+        num(&events[1], "sock_cookie"),
+        "one socket"
+    );
+    m.stop().assert_clean();
+}
+
+#[test]
+fn dns_sendmmsg_on_a_connected_socket() {
+    root_or_skip!("dns_sendmmsg_on_a_connected_socket");
+    let resp = responder_v4();
+    let m = Monitor::start(&[]);
+    let name = unique_name("mmsg");
+    let run = helper(&["dns-sendmmsg", RESOLVER_V4, &name]);
+    run.assert_success();
+    assert_eq!(run.num::<u32>("sent"), 2);
+    let events = dns_events(&m, &run, 2);
+    for (qtype, key) in [("A", "txid_a"), ("AAAA", "txid_aaaa")] {
+        let ev = by_type(&events, qtype);
+        assert_query(ev, &run, RESOLVER_V4, &name, qtype);
+        assert_eq!(num(ev, "txid"), run.num::<u64>(key), "{ev}");
+        assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+    }
+    assert_eq!(
+        num(&events[0], "sock_cookie"),
+        num(&events[1], "sock_cookie"),
+        "one socket"
+    );
+    resp.wait_received("the AAAA query", |r| r.name == name && r.qtype == TYPE_AAAA);
+    m.stop().assert_clean();
+}
+
+#[test]
+fn dns_over_ipv6() {
+    root_or_skip!("dns_over_ipv6");
+    let resp6 = responder("::1");
+    let m = Monitor::start(&[]);
+    let name = unique_name("v6");
+    let run = helper(&["dns-sendto", "::1", &name, "AAAA"]);
+    run.assert_success();
+    let ev = &dns_events(&m, &run, 1)[0];
+    assert_query(ev, &run, "::1", &name, "AAAA");
+    assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
+    assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+    match &resp6 {
+        Ok(resp) => check_getaddrinfo(&m, resp, "::1"),
+        Err(e) => eprintln!("dns_over_ipv6: [::1]:53 is taken ({e}): glibc over IPv6 not checked"),
+    }
+    m.stop().assert_clean();
+}
+
+#[test]
+fn dns_malformed_payloads_are_counted_not_printed() {
+    root_or_skip!("dns_malformed_payloads_are_counted_not_printed");
+    let valid = dnswire::query(0x1234, "example.org", TYPE_A, 0);
+    let mut cut_in_name = valid.clone();
+    cut_in_name.truncate(15);
+    let mut response = valid.clone();
+    response[2] |= 0x80;
+    let mut no_question = valid[..12].to_vec();
+    no_question[5] = 0;
+    let mut pointer_loop = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    pointer_loop.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let payloads: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("4 bytes of garbage", vec![0xde, 0xad, 0xbe, 0xef]),
+        ("name cut short", cut_in_name),
+        ("a response (QR set)", response),
+        ("header without a question", no_question),
+        ("compression pointer loop", pointer_loop),
+    ];
+    let hex: Vec<String> = payloads
+        .iter()
+        .map(|(_, p)| {
+            if p.is_empty() {
+                "-".into()
+            } else {
+                dnswire::to_hex(p)
+            }
+        })
+        .collect();
+    let m = Monitor::start(&[]);
+    let mut args = vec!["raw-udp", "127.0.0.1", "53"];
+    args.extend(hex.iter().map(String::as_str));
+    let v4 = helper(&args);
+    v4.assert_success();
+    let v6 = helper(&["raw-udp", "::1", "53", &dnswire::to_hex(&[0xff; 40])]);
+    v6.assert_success();
+    let sent = v4.num::<u64>("sent") + v6.num::<u64>("sent");
+    assert_eq!(sent, payloads.len() as u64 + 1);
+
+    // The daemon is still up and decoding: a valid query sent afterwards comes out.
+    let name = unique_name("after");
+    let ok = helper(&["dns-sendto", "127.0.0.1", &name, "A"]);
+    ok.assert_success();
+    assert_query(&dns_events(&m, &ok, 1)[0], &ok, "127.0.0.1", &name, "A");
+
+    let stopped = m.stop();
+    stopped.assert_clean();
+    for run in [&v4, &v6] {
+        let printed: Vec<&Value> = stopped
+            .of_kind("dns")
+            .filter(|e| num(e, "pid") == u64::from(run.pid))
+            .collect();
+        assert!(
+            printed.is_empty(),
+            "malformed payloads must not be printed: {printed:?}"
+        );
+    }
+    let names: Vec<&str> = payloads.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        stopped.stat("/dns_malformed"),
+        sent,
+        "dns_malformed counts each of {names:?} and 40 bytes of 0xff over IPv6"
+    );
+}
