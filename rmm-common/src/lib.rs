@@ -45,15 +45,18 @@ pub enum EventKind {
     Exit = 3,
     Connect = 4,
     Dns = 5,
+    /// A UDP datagram from port 53 (an answer), same layout as `Dns`.
+    DnsAnswer = 6,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
         EventKind::Connect,
         EventKind::Dns,
+        EventKind::DnsAnswer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -63,6 +66,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::Connect => "connect",
             EventKind::Dns => "dns",
+            EventKind::DnsAnswer => "dns_answer",
         }
     }
 }
@@ -76,6 +80,7 @@ impl TryFrom<u32> for EventKind {
             3 => EventKind::Exit,
             4 => EventKind::Connect,
             5 => EventKind::Dns,
+            6 => EventKind::DnsAnswer,
             other => return Err(other),
         })
     }
@@ -93,17 +98,19 @@ pub enum DropReason {
     DnsReserve = 4,
     /// The map that carries a connect from syscall entry to exit was full.
     ConnectPendingFull = 5,
+    DnsAnswerReserve = 6,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [DropReason; 6] = [
+    pub const COUNT: u32 = 7;
+    pub const ALL: [DropReason; 7] = [
         DropReason::ExecReserve,
         DropReason::ForkReserve,
         DropReason::ExitReserve,
         DropReason::ConnectReserve,
         DropReason::DnsReserve,
         DropReason::ConnectPendingFull,
+        DropReason::DnsAnswerReserve,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -114,6 +121,7 @@ impl DropReason {
             DropReason::ConnectReserve => "connect_ringbuf_full",
             DropReason::DnsReserve => "dns_ringbuf_full",
             DropReason::ConnectPendingFull => "connect_pending_map_full",
+            DropReason::DnsAnswerReserve => "dns_answer_ringbuf_full",
         }
     }
 }
@@ -242,7 +250,11 @@ pub mod dns_flags {
     pub const LOAD_ERROR: u16 = 1 << 1;
 }
 
-/// A UDP packet to port 53 leaving a socket (cgroup_skb egress), whatever API sent it.
+/// A UDP packet to port 53 leaving a socket (cgroup_skb egress), whatever API sent it; or, as
+/// `EventKind::DnsAnswer`, a UDP packet from port 53 arriving at a socket (cgroup_skb ingress).
+/// For answers the header's task fields are zero (the packet is not received in the context of
+/// the socket's owner) and `daddr`/`dport` are the server's address and port (the packet's
+/// source), `sport` the local port.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsEvent {

@@ -6,12 +6,10 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
-use rmm_common::{
-    connect_source, ConnectEvent, DropReason, EventKind, AF_INET, AF_INET6,
-};
+use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect_source};
 
 use crate::maps::{
-    count_drop, fill_header, submit_flags, PendingConnect, NET_EVENTS, PENDING_CONNECT,
+    NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop, fill_header, submit_flags,
 };
 
 /// `syscalls/sys_enter_connect`: reads `fd` (offset 16) and `uservaddr` (offset 24); keeps
@@ -19,8 +17,9 @@ use crate::maps::{
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
-    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) })
-    else {
+    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe {
+        ctx.read_at::<u64>(24)
+    }) else {
         return 0;
     };
     if addr == 0 {
@@ -126,7 +125,12 @@ pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
     let (w, port, proto) = unsafe {
         let sa = &*ctx.sock_addr;
         (
-            [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]],
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
             sa.user_port,
             sa.protocol,
         )

@@ -1,36 +1,46 @@
-//! DNS queries: every UDP datagram to port 53 that leaves a socket, seen at cgroup_skb egress,
-//! so `sendto`, `sendmsg`, `sendmmsg`, `send`/`write` on a connected socket and io_uring all
-//! look the same. The payload is parsed in userspace.
+//! DNS over UDP/53, seen at the cgroup packet hooks so every sending API looks the same:
+//! queries are datagrams to port 53 leaving a socket (egress: `sendto`, `sendmsg`, `sendmmsg`,
+//! `send`/`write` on a connected socket, io_uring); answers are datagrams from port 53 arriving
+//! at a socket (ingress), kept for DNS-to-connect correlation. Payloads are parsed in userspace.
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    EbpfContext,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
-    EbpfContext,
 };
 use rmm_common::{
-    dns_flags, DnsEvent, DropReason, EventKind, AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORT,
-    IPPROTO_UDP,
+    AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORT, DnsEvent, DropReason, EventKind, IPPROTO_UDP,
+    dns_flags,
 };
 
-use crate::maps::{count_drop, fill_header, submit_flags, NET_EVENTS};
+use crate::maps::{NET_EVENTS, count_drop, fill_header, submit_flags};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const UDP_HEADER_LEN: usize = 8;
 
-/// cgroup_skb egress: reads the IPv4/IPv6 and UDP headers of the packet (data starts at the
-/// network header). Always lets the packet pass.
+/// cgroup_skb egress: reads the IPv4/IPv6 and UDP headers (data starts at the network
+/// header); reports datagrams to port 53. Always lets the packet pass.
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_dns_egress(&ctx);
+    let _ = try_dns(&ctx, false);
     1
 }
 
+/// cgroup_skb ingress: the same for datagrams from port 53. Always lets the packet pass.
+#[cgroup_skb(ingress)]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_dns(&ctx, true);
+    1
+}
+
+/// Where the UDP header starts, the family, and the remote address (destination on egress,
+/// source on ingress).
 #[inline(always)]
-fn try_dns_egress(ctx: &SkBuffContext) -> Option<()> {
-    let mut daddr = [0u8; 16];
-    let (family, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
+fn ip_header(ctx: &SkBuffContext, ingress: bool) -> Option<(u16, usize, [u8; 16])> {
+    let mut remote = [0u8; 16];
+    match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(0).ok()?;
             let proto: u8 = ctx.load(9).ok()?;
@@ -42,46 +52,75 @@ fn try_dns_egress(ctx: &SkBuffContext) -> Option<()> {
             if u16::from_be_bytes(frag) & 0x1fff != 0 {
                 return None;
             }
-            let a: [u8; 4] = ctx.load(16).ok()?;
-            daddr[..4].copy_from_slice(&a);
-            (AF_INET, ((vihl & 0x0f) as usize) * 4)
+            let a: [u8; 4] = ctx.load(if ingress { 12 } else { 16 }).ok()?;
+            remote[..4].copy_from_slice(&a);
+            Some((AF_INET, ((vihl & 0x0f) as usize) * 4, remote))
         }
         ETH_P_IPV6 => {
-            // No extension headers: a DNS query does not carry any in practice.
+            // No extension headers: DNS datagrams do not carry any in practice.
             let next: u8 = ctx.load(6).ok()?;
             if next != IPPROTO_UDP {
                 return None;
             }
-            daddr = ctx.load(24).ok()?;
-            (AF_INET6, 40)
+            remote = ctx.load(if ingress { 8 } else { 24 }).ok()?;
+            Some((AF_INET6, 40, remote))
         }
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
+    let (family, l4, remote) = ip_header(ctx, ingress)?;
     let udp: [u8; 8] = ctx.load(l4).ok()?;
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
     let dport = u16::from_be_bytes([udp[2], udp[3]]);
-    if dport != DNS_PORT {
+    let (remote_port, local_port) = if ingress {
+        (sport, dport)
+    } else {
+        (dport, sport)
+    };
+    if remote_port != DNS_PORT {
         return None;
     }
-    let sport = u16::from_be_bytes([udp[0], udp[1]]);
     let payload_off = l4 + UDP_HEADER_LEN;
     let total = (ctx.len() as usize).checked_sub(payload_off)?;
 
     let Some(mut entry) = NET_EVENTS.reserve::<DnsEvent>(0) else {
-        count_drop(DropReason::DnsReserve);
+        count_drop(if ingress {
+            DropReason::DnsAnswerReserve
+        } else {
+            DropReason::DnsReserve
+        });
         return None;
     };
     // SAFETY: the entry is ours until submit; the payload is read only up to payload_len.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, EventKind::Dns);
+    if ingress {
+        // Received in softirq or in the sender's context: the current task is not the
+        // socket's owner, so no task fields (userspace matches answers by socket cookie).
+        ev.hdr.kind = EventKind::DnsAnswer as u32;
+        ev.hdr.tid = 0;
+        ev.hdr.tgid = 0;
+        ev.hdr.uid = 0;
+        ev.hdr.gid = 0;
+        ev.hdr._pad0 = 0;
+        // SAFETY: helper without arguments.
+        ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.hdr.cgroup_id = 0;
+        ev.hdr.comm = [0; 16];
+    } else {
+        fill_header(&mut ev.hdr, EventKind::Dns);
+    }
     // SAFETY: the context is a cgroup_skb __sk_buff.
     ev.sock_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.family = family;
-    ev.dport = dport;
-    ev.sport = sport;
+    ev.dport = remote_port;
+    ev.sport = local_port;
     ev.flags = 0;
     ev.udp_payload_len = total as u32;
     ev.payload_len = 0;
-    ev.daddr = daddr;
+    ev.daddr = remote;
     let mut n = total;
     if n > DNS_PAYLOAD_LEN {
         n = DNS_PAYLOAD_LEN;

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
 use rmm_common::{
-    exec_flags, ExecEvent, KernelOffsets, PATH_COMPONENT_MAX, PATH_MAX_DEPTH, PATH_START_LIMIT,
+    ExecEvent, KernelOffsets, PATH_COMPONENT_MAX, PATH_MAX_DEPTH, PATH_START_LIMIT, exec_flags,
 };
 
 use crate::kernel::read_ptr;
@@ -11,9 +11,10 @@ use crate::kernel::read_ptr;
 #[inline(always)]
 pub fn resolve_file_path(ev: &mut ExecEvent, file: u64, off: &KernelOffsets) {
     let path = file + off.file_f_path as u64;
-    let (Some(mut dentry), Some(mut vfsmnt)) =
-        (read_ptr(path, off.path_dentry), read_ptr(path, off.path_mnt))
-    else {
+    let (Some(mut dentry), Some(mut vfsmnt)) = (
+        read_ptr(path, off.path_dentry),
+        read_ptr(path, off.path_mnt),
+    ) else {
         ev.flags |= exec_flags::PATH_ERROR;
         return;
     };

@@ -1,18 +1,18 @@
 //! Process life cycle: exec, fork (new processes only) and exit of a whole thread group.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
-    EbpfContext,
 };
 use rmm_common::{
-    exec_flags, DropReason, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_LEN, FILENAME_LEN,
+    ARGS_LEN, DropReason, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, exec_flags,
 };
 
 use crate::{
     kernel::{read, read_ptr},
-    maps::{count_drop, fill_header, offsets, submit_flags, PROC_EVENTS},
+    maps::{PROC_EVENTS, count_drop, fill_header, offsets, submit_flags},
     path::resolve_file_path,
 };
 
@@ -83,8 +83,10 @@ fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
 
 #[inline(always)]
 fn read_args(ev: &mut ExecEvent, mm: u64, off: &rmm_common::KernelOffsets) {
-    let (Some(start), Some(end)) = (read::<u64>(mm, off.mm_arg_start), read::<u64>(mm, off.mm_arg_end))
-    else {
+    let (Some(start), Some(end)) = (
+        read::<u64>(mm, off.mm_arg_start),
+        read::<u64>(mm, off.mm_arg_end),
+    ) else {
         ev.flags |= exec_flags::ARGS_ERROR;
         return;
     };

@@ -1,4 +1,5 @@
-//! `rmm-monitor run`: attach, seed the process table, then stream events until SIGTERM/SIGINT.
+//! `rmm-monitor run`: attach, seed the process table, report what is already running, then
+//! stream events and alerts until SIGTERM/SIGINT. SIGHUP reloads the rules.
 //!
 //! Order matters for a race-free start: probes are attached first and the readers start
 //! buffering records; only then is /proc read; the processor then applies the buffered records
@@ -7,7 +8,7 @@
 use std::{
     io::{BufWriter, Write},
     path::Path,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
@@ -19,10 +20,13 @@ use tokio::{
 };
 
 use crate::{
+    catalog::{RuleSources, Rules},
     decode::{self, Event},
+    detect::{Compiled, DetectStats, Detector},
     probes::{self, LoadOptions},
-    proctable::ProcTable,
+    proctable::{ProcTable, SeedReport},
     reader::{self, Batch},
+    sink::JsonSink,
     stats::{KernelDrops, Snapshot, Stats},
 };
 
@@ -40,6 +44,15 @@ pub struct RunOptions {
     pub events: EventsFormat,
     pub poll: Duration,
     pub stats_interval: Duration,
+    pub rules: RuleSources,
+    /// `-` for stdout, or a file to append to.
+    pub alerts: String,
+}
+
+/// What the processor thread receives: records from a ring, or new rules.
+pub enum Msg {
+    Batch(Batch),
+    Reload(Arc<Compiled>),
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -50,7 +63,23 @@ pub fn run(opts: RunOptions) -> Result<()> {
     rt.block_on(run_async(opts))
 }
 
+pub fn load_rules(sources: &RuleSources) -> Result<Arc<Compiled>> {
+    let rules = Rules::load(sources)?;
+    Ok(Arc::new(Compiled::build(&rules)?))
+}
+
 async fn run_async(opts: RunOptions) -> Result<()> {
+    // Rules and the alert sink first: a broken rules file or an unwritable alert file stops
+    // the daemon before it loads anything into the kernel.
+    let compiled = load_rules(&opts.rules).context("loading rules")?;
+    let sink = JsonSink::open(&opts.alerts)?;
+    log::info!(
+        "rules: {} tools from {}; alerts: {}",
+        compiled.matcher.tools.len(),
+        compiled.sources.join(", "),
+        sink.describe()
+    );
+
     let mut loaded = probes::load_and_attach(&opts.load)?;
     let stats = Arc::new(Stats::default());
     let drops = KernelDrops::new(
@@ -58,7 +87,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             .context("map DROPS has the wrong type")?,
     );
 
-    let (tx, rx) = mpsc::channel::<Batch>(1024);
+    let (tx, rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut readers = Vec::new();
     for name in [probes::PROC_RING, probes::NET_RING] {
@@ -77,26 +106,37 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             stop_rx.clone(),
         )));
     }
-    drop(tx);
+    let reload_tx = tx;
 
-    // The processor seeds the table from /proc (after attach) and then applies events.
+    // The processor seeds the table from /proc (after attach), reports what already runs, and
+    // then applies events.
     let proc_stats = stats.clone();
     let events = opts.events;
     let (seeded_tx, seeded_rx) = tokio::sync::oneshot::channel();
     let processor = std::thread::Builder::new()
         .name("rmm-processor".into())
-        .spawn(move || process(rx, events, proc_stats, seeded_tx))
+        .spawn(move || {
+            process(
+                rx,
+                events,
+                proc_stats,
+                Detector::new(compiled),
+                sink,
+                seeded_tx,
+            )
+        })
         .context("starting the processor thread")?;
-    let seed = seeded_rx
+    let (seed, inventory) = seeded_rx
         .await
         .map_err(|_| anyhow!("the processor stopped before reading /proc"))??;
 
     log::info!(
-        "ready: {} probes attached ({}); {} processes from /proc ({} unreadable){}",
+        "ready: {} probes attached ({}); {} processes from /proc ({} unreadable), {} RMM processes already running{}",
         loaded.attached.len(),
         loaded.attached.join(", "),
         seed.processes,
         seed.unreadable,
+        inventory,
         if loaded.offsets_ok {
             ""
         } else {
@@ -107,6 +147,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(opts.stats_interval);
     tick.tick().await;
     let mut last = stats.snapshot(&drops);
@@ -114,6 +155,19 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { log::info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: draining and stopping"); break; }
+            _ = sighup.recv() => {
+                // Parsed here, swapped in by the processor between two batches: no event is
+                // dropped, and a broken file leaves the old rules in place.
+                match load_rules(&opts.rules) {
+                    Ok(c) => {
+                        let n = c.matcher.tools.len();
+                        if reload_tx.send(Msg::Reload(c)).await.is_ok() {
+                            log::info!("SIGHUP: rules reloaded ({n} tools)");
+                        }
+                    }
+                    Err(e) => log::error!("SIGHUP: rules not reloaded, the previous rules stay active: {e:#}"),
+                }
+            }
             _ = tick.tick() => {
                 let now = stats.snapshot(&drops);
                 report_interval(&last, &now);
@@ -122,6 +176,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    drop(reload_tx);
     let _ = stop_tx.send(true);
     for r in readers {
         match r.await {
@@ -130,15 +185,25 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             Err(e) => log::error!("reader task panicked: {e}"),
         }
     }
-    match processor.join() {
-        Ok(Ok(procs)) => log::debug!("process table holds {procs} processes at exit"),
-        Ok(Err(e)) => log::error!("processor failed: {e:#}"),
-        Err(_) => log::error!("processor thread panicked"),
-    }
+    let detect = match processor.join() {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            log::error!("processor failed: {e:#}");
+            DetectStats::default()
+        }
+        Err(_) => {
+            log::error!("processor thread panicked");
+            DetectStats::default()
+        }
+    };
     let fin = stats.snapshot(&drops);
     log::info!(
         "final stats: {}",
         serde_json::to_string(&fin).unwrap_or_default()
+    );
+    log::info!(
+        "final detection stats: {}",
+        serde_json::to_string(&detect).unwrap_or_default()
     );
     // Dropping the Ebpf handle detaches every link.
     drop(loaded);
@@ -182,36 +247,58 @@ fn report_interval(last: &Snapshot, now: &Snapshot) {
     }
 }
 
+type Seeded = Result<(SeedReport, usize)>;
+
 fn process(
-    mut rx: mpsc::Receiver<Batch>,
+    mut rx: mpsc::Receiver<Msg>,
     events: EventsFormat,
     stats: Arc<Stats>,
-    seeded: tokio::sync::oneshot::Sender<Result<crate::proctable::SeedReport>>,
-) -> Result<usize> {
+    mut detector: Detector,
+    mut sink: JsonSink,
+    seeded: tokio::sync::oneshot::Sender<Seeded>,
+) -> Result<DetectStats> {
     let mut table = ProcTable::default();
-    let seed = table.seed(Path::new("/proc")).context("reading /proc");
-    if let Ok(r) = &seed {
-        stats
-            .proc_unreadable
-            .fetch_add(r.unreadable, std::sync::atomic::Ordering::Relaxed);
+    let seed = match table.seed(Path::new("/proc")).context("reading /proc") {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = seeded.send(Err(e));
+            return Ok(detector.stats);
+        }
+    };
+    stats.proc_unreadable.fetch_add(seed.unreadable, Relaxed);
+    let inventory = detector.inventory(&table);
+    for a in &inventory {
+        if sink.write(a).is_err() {
+            stats.output_errors.fetch_add(1, Relaxed);
+        }
     }
-    let failed = seed.is_err();
-    let _ = seeded.send(seed);
-    if failed {
-        return Ok(0);
+    if sink.flush().is_err() {
+        stats.output_errors.fetch_add(1, Relaxed);
     }
+    let _ = seeded.send(Ok((seed, inventory.len())));
+
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    while let Some(batch) = rx.blocking_recv() {
+    while let Some(msg) = rx.blocking_recv() {
+        let batch = match msg {
+            Msg::Batch(b) => b,
+            Msg::Reload(c) => {
+                detector.reload(c);
+                continue;
+            }
+        };
         for record in &batch {
             match decode::decode(record) {
                 Ok(ev) => {
-                    stats.event(kind_of(&ev));
+                    stats.event(ev.kind());
                     table.apply(&ev);
                     if events == EventsFormat::Json && write_json(&mut out, &ev).is_err() {
-                        stats
-                            .output_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.output_errors.fetch_add(1, Relaxed);
+                    }
+                    if let Some(alert) = detector.on_event(&ev, &table)
+                        && sink.write(&alert).is_err()
+                    {
+                        stats.output_errors.fetch_add(1, Relaxed);
                     }
                 }
                 Err(e) => {
@@ -221,27 +308,14 @@ fn process(
             }
         }
         // Flush per batch: an operator tailing the output sees events within the poll period.
-        if out.flush().is_err() {
-            stats
-                .output_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if out.flush().is_err() || sink.flush().is_err() {
+            stats.output_errors.fetch_add(1, Relaxed);
         }
     }
-    Ok(table.len())
+    Ok(detector.stats)
 }
 
 fn write_json(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, ev)?;
     out.write_all(b"\n")
-}
-
-fn kind_of(ev: &Event) -> rmm_common::EventKind {
-    use rmm_common::EventKind as K;
-    match ev {
-        Event::Exec(_) => K::Exec,
-        Event::Fork(_) => K::Fork,
-        Event::Exit(_) => K::Exit,
-        Event::Connect(_) => K::Connect,
-        Event::Dns(_) => K::Dns,
-    }
 }

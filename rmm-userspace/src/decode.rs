@@ -83,6 +83,21 @@ pub struct Dns {
     pub payload_truncated: bool,
 }
 
+/// A DNS answer arriving at a socket. Only the header is decoded here; the answer records are
+/// parsed by the detector, and only for queries it is waiting on.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsAnswer {
+    pub ts_ns: u64,
+    /// The server's address and port (the datagram's source).
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub sock_cookie: u64,
+    pub txid: u16,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -91,6 +106,20 @@ pub enum Event {
     Exit(Exit),
     Connect(Connect),
     Dns(Dns),
+    DnsAnswer(DnsAnswer),
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Exec(_) => EventKind::Exec,
+            Event::Fork(_) => EventKind::Fork,
+            Event::Exit(_) => EventKind::Exit,
+            Event::Connect(_) => EventKind::Connect,
+            Event::Dns(_) => EventKind::Dns,
+            Event::DnsAnswer(_) => EventKind::DnsAnswer,
+        }
+    }
 }
 
 /// Why a record was not turned into an event. Each is counted.
@@ -152,6 +181,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::Connect => Event::Connect(decode_connect(&read_record::<ConnectEvent>(data)?)),
         EventKind::Dns => Event::Dns(decode_dns(&read_record::<DnsEvent>(data)?)?),
+        EventKind::DnsAnswer => Event::DnsAnswer(decode_answer(&read_record::<DnsEvent>(data)?)?),
     })
 }
 
@@ -299,6 +329,22 @@ fn decode_dns(ev: &DnsEvent) -> Result<Dns, DecodeError> {
         sock_cookie: ev.sock_cookie,
         query,
         payload_truncated: ev.flags & dns_flags::TRUNCATED != 0,
+    })
+}
+
+fn decode_answer(ev: &DnsEvent) -> Result<DnsAnswer, DecodeError> {
+    let payload = clamp(&ev.payload, ev.payload_len);
+    if payload.len() < 12 {
+        return Err(DecodeError::MalformedDns);
+    }
+    Ok(DnsAnswer {
+        ts_ns: ev.hdr.ts_ns,
+        saddr: ip(ev.family, &ev.daddr),
+        sport: ev.dport,
+        dport: ev.sport,
+        sock_cookie: ev.sock_cookie,
+        txid: u16::from_be_bytes([payload[0], payload[1]]),
+        payload: payload.to_vec(),
     })
 }
 

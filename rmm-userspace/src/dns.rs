@@ -1,7 +1,12 @@
 //! DNS query payloads (copied by the kernel from UDP/53 egress) to names and types, with
 //! hickory-proto, the parser the Rust DNS ecosystem is built on.
 
-use hickory_proto::op::{Message, MessageType};
+use std::net::IpAddr;
+
+use hickory_proto::{
+    op::{Message, MessageType},
+    rr::RData,
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,6 +57,24 @@ pub fn parse_query(payload: &[u8]) -> Result<DnsQuery, DnsError> {
     })
 }
 
+/// The IPv4 and IPv6 addresses in an answer (A and AAAA records of any name in the answer
+/// section: CNAME chains end in the records that matter).
+pub fn parse_answer(payload: &[u8]) -> Result<Vec<IpAddr>, DnsError> {
+    let msg = Message::from_vec(payload).map_err(|e| DnsError::Parse(e.to_string()))?;
+    if msg.metadata.message_type != MessageType::Response {
+        return Err(DnsError::NotAQuery);
+    }
+    Ok(msg
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The same message with the answer, authority and additional counts set to zero, so that
 /// hickory stops after the questions (EDNS OPT records cut by truncation, for instance).
 fn questions_only(payload: &[u8]) -> Option<Message> {
@@ -64,7 +87,7 @@ fn questions_only(payload: &[u8]) -> Option<Message> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A query as glibc builds it: id, RD, one question, and an EDNS OPT record.
@@ -134,6 +157,40 @@ mod tests {
         assert!(parse_query(&lp).is_err());
     }
 
+    /// An answer to `query`: the question echoed and one A or AAAA record per address.
+    pub fn answer(query: &[u8], addrs: &[IpAddr]) -> Vec<u8> {
+        let mut p = query.to_vec();
+        p[2] |= 0x80;
+        p[10] = 0;
+        p[11] = 0; // no additional records
+        let qend = 12 + p[12..].iter().position(|b| *b == 0).expect("name end") + 1 + 4;
+        p.truncate(qend);
+        p[7] = addrs.len() as u8;
+        for a in addrs {
+            p.extend_from_slice(&[0xc0, 12]);
+            match a {
+                IpAddr::V4(v4) => {
+                    p.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                    p.extend_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    p.extend_from_slice(&[0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+                    p.extend_from_slice(&v6.octets());
+                }
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn answers_give_addresses() {
+        let q = query(5, "relay.rustdesk.com", 1, false);
+        let addrs: Vec<IpAddr> = vec!["127.0.0.9".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(parse_answer(&answer(&q, &addrs)), Ok(addrs));
+        assert_eq!(parse_answer(&q), Err(DnsError::NotAQuery));
+        assert!(parse_answer(&answer(&q, &["127.0.0.9".parse().unwrap()])[..20]).is_err());
+    }
+
     #[test]
     fn random_bytes_never_panic() {
         let mut x: u32 = 0x9e37_79b9;
@@ -147,6 +204,7 @@ mod tests {
                 })
                 .collect();
             let _ = parse_query(&buf);
+            let _ = parse_answer(&buf);
         }
     }
 }

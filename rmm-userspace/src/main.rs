@@ -1,15 +1,22 @@
-//! rmm-monitor: watches process execs, outbound connects and DNS queries with eBPF.
+//! rmm-monitor: detects remote-access (RMM) tools on Linux with eBPF.
 
+mod alert;
 mod btf;
+mod catalog;
+mod context;
 mod daemon;
 mod decode;
+mod detect;
 mod dns;
+mod matcher;
 mod probes;
 mod proctable;
 mod reader;
+mod rules_cmd;
+mod sink;
 mod stats;
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -27,12 +34,67 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+struct RuleArgs {
+    /// Extra rules file (TOML); repeatable. Read after the rules directory; a tool with the
+    /// same id replaces the earlier definition.
+    #[arg(long = "rules", value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Directory of *.toml rules files, read in name order (missing is fine).
+    #[arg(long, value_name = "DIR", default_value = catalog::DEFAULT_RULES_DIR)]
+    rules_dir: PathBuf,
+    /// Do not load the embedded default catalog.
+    #[arg(long)]
+    no_default_rules: bool,
+}
+
+impl RuleArgs {
+    fn sources(&self) -> catalog::RuleSources {
+        catalog::RuleSources {
+            no_default: self.no_default_rules,
+            dir: Some(self.rules_dir.clone()),
+            files: self.files.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Load the probes and stream events until SIGTERM or SIGINT.
+    /// Load the probes and report events and alerts until SIGTERM or SIGINT (SIGHUP reloads
+    /// the rules).
     Run(RunArgs),
+    /// Report RMM processes running now (from /proc) and exit; no eBPF needed.
+    Scan {
+        #[command(flatten)]
+        rules: RuleArgs,
+        /// Where alerts go: `-` for stdout or a file to append JSON lines to.
+        #[arg(long, value_name = "PATH", default_value = "-")]
+        json: String,
+    },
+    /// Check and list rules files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Print the kernel struct offsets read from BTF (what the exec probe will use).
     Offsets,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Validate rules files; errors are reported as FILE:LINE:COLUMN: message.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the effective catalog (default, rules directory and --rules files merged).
+    List {
+        #[command(flatten)]
+        rules: RuleArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +102,11 @@ struct RunArgs {
     /// Print every event as one JSON line on stdout (`json`), or nothing (`none`).
     #[arg(long, value_enum, default_value = "none")]
     events: daemon::EventsFormat,
+    /// Where alerts go: `-` for stdout or a file to append JSON lines to.
+    #[arg(long, value_name = "PATH", default_value = "-")]
+    json: String,
+    #[command(flatten)]
+    rules: RuleArgs,
     /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size).
     #[arg(long, default_value_t = 8 << 20)]
     proc_ring_bytes: u32,
@@ -74,7 +141,16 @@ fn main() -> ExitCode {
             events: a.events,
             poll: Duration::from_millis(a.poll_ms),
             stats_interval: Duration::from_secs(a.stats_interval),
+            rules: a.rules.sources(),
+            alerts: a.json,
         }),
+        Command::Scan { rules, json } => rules_cmd::scan(&rules.sources(), &json),
+        Command::Rules {
+            command: RulesCommand::Check { files },
+        } => rules_cmd::check(&files),
+        Command::Rules {
+            command: RulesCommand::List { rules, json },
+        } => rules_cmd::list(&rules.sources(), json),
         Command::Offsets => btf::Btf::from_file(btf::VMLINUX_BTF)
             .and_then(|b| btf::kernel_offsets(&b))
             .map(|o| println!("{o:#?}")),

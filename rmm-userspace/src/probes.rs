@@ -237,22 +237,23 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
             .with_context(|| format!("attaching {what}"))?;
         attached.push(what);
     }
-    let what = format!("cgroup_skb/egress on {}", cgroup_root.display());
-    let p: &mut CgroupSkb = ebpf
-        .program_mut("dns_egress")
-        .context("program dns_egress missing from the eBPF object")?
-        .try_into()
-        .context("program dns_egress is not a cgroup_skb program")?;
-    p.load().map_err(|e| {
-        permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
-    })?;
-    p.attach(
-        &cgroup,
-        CgroupSkbAttachType::Egress,
-        CgroupAttachMode::Single,
-    )
-    .with_context(|| format!("attaching {what}"))?;
-    attached.push(what);
+    for (prog, attach_type, dir) in [
+        ("dns_egress", CgroupSkbAttachType::Egress, "egress"),
+        ("dns_ingress", CgroupSkbAttachType::Ingress, "ingress"),
+    ] {
+        let what = format!("cgroup_skb/{dir} on {}", cgroup_root.display());
+        let p: &mut CgroupSkb = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a cgroup_skb program"))?;
+        p.load().map_err(|e| {
+            permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
+        })?;
+        p.attach(&cgroup, attach_type, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {what}"))?;
+        attached.push(what);
+    }
 
     Ok(Loaded {
         ebpf,

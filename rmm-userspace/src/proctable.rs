@@ -34,23 +34,15 @@ pub struct ProcTable {
 }
 
 impl ProcTable {
-    pub fn len(&self) -> usize {
-        self.procs.len()
+    pub fn iter(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.values()
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "parent chains for alerts (detection)")
-    )]
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
     }
 
     /// Up to `n` ancestors of `pid`, parent first.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "parent chains for alerts (detection)")
-    )]
     pub fn ancestors(&self, pid: u32, n: usize) -> Vec<&Proc> {
         let mut out = Vec::new();
         let mut cur = self.procs.get(&pid).map(|p| p.ppid);
@@ -142,7 +134,7 @@ impl ProcTable {
             Event::Exit(x) => {
                 self.procs.remove(&x.task.pid);
             }
-            Event::Connect(_) | Event::Dns(_) => {}
+            Event::Connect(_) | Event::Dns(_) | Event::DnsAnswer(_) => {}
         }
     }
 }
@@ -256,7 +248,7 @@ mod tests {
             exit_code: 0,
         }));
         assert!(t.get(3).is_none());
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.iter().count(), 2);
     }
 
     #[test]

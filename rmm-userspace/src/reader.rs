@@ -32,7 +32,7 @@ fn drain(ring: &mut RingBuf<MapData>, buf: &mut BytesMut, batch: &mut Batch) {
 pub async fn run(
     name: &'static str,
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<crate::daemon::Msg>,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ReaderStats> {
@@ -66,7 +66,7 @@ pub async fn run(
             buf.reserve(1 << 20);
         }
         stats.records += batch.len() as u64;
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
+        if !batch.is_empty() && tx.send(crate::daemon::Msg::Batch(batch)).await.is_err() {
             // The processor is gone: the daemon is stopping.
             break;
         }

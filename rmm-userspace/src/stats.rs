@@ -10,7 +10,7 @@ use crate::decode::DecodeError;
 
 #[derive(Default)]
 pub struct Stats {
-    events: [AtomicU64; 6],
+    events: [AtomicU64; 7],
     pub bad_size: AtomicU64,
     pub unknown_kind: AtomicU64,
     pub dns_malformed: AtomicU64,

@@ -1,0 +1,154 @@
+//! The alert schema: ECS-aligned JSON with nested objects (documented in `ALERTS.md`).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{context::Flag, matcher::Indicator};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alert {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub event: EventFields,
+    pub rule: RuleFields,
+    pub rmm: RmmFields,
+    pub threat: Threat,
+    pub process: ProcessFields,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsFields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerFields>,
+    pub host: Host,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Exec,
+    Connect,
+    DnsQuery,
+    Inventory,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventFields {
+    /// Always "alert".
+    pub kind: &'static str,
+    /// ECS categories: `process` for exec/inventory, `network` for connect/dns.
+    pub category: Vec<&'static str>,
+    pub action: Action,
+    /// 21 low, 47 medium, 73 high, 99 critical.
+    pub severity: u8,
+    /// `success`, `failure` or `unknown` (connects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleFields {
+    /// `rmm.<tool>.<indicator>`.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RmmFields {
+    /// Canonical tool id from the catalog.
+    pub tool: String,
+    pub tool_name: String,
+    pub indicator: Indicator,
+    /// What matched (a name, a path, a domain, `tcp/5938`, an address).
+    pub matched: String,
+    /// Context flags that raised the severity.
+    pub context: Vec<Flag>,
+    /// `low` | `medium` | `high` | `critical` after context.
+    pub severity: &'static str,
+    /// Occurrences this alert stands for (1, or more after a de-duplication window).
+    pub count: u64,
+    /// Ancestors, parent first (up to 8).
+    pub ancestors: Vec<ProcessRef>,
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Threat {
+    pub framework: &'static str,
+    pub technique: Technique,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Technique {
+    pub id: String,
+    pub name: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub name: String,
+    pub executable: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UserRef {
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessFields {
+    pub pid: u32,
+    pub name: String,
+    pub executable: String,
+    pub args: Vec<String>,
+    pub user: UserRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ProcessRef>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Destination {
+    pub ip: IpAddr,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DnsFields {
+    pub question: DnsQuestion,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DnsQuestion {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContainerFields {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Host {
+    pub hostname: String,
+}
+
+pub fn technique_name(id: &str) -> &'static str {
+    if id == "T1219.002" {
+        "Remote Desktop Software"
+    } else {
+        "Remote Access Tools"
+    }
+}
+
+/// RFC 3339 UTC with nanoseconds, from nanoseconds since the epoch.
+pub fn rfc3339(epoch_ns: u128) -> String {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::from_nanos(epoch_ns.min(u64::MAX as u128) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}

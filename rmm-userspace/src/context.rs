@@ -1,0 +1,370 @@
+//! Context that raises an alert's severity: a suspicious ancestor, an executable in a temp or
+//! download directory, an executable no package owns, a process inside a container.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::catalog::Rules;
+
+pub const DEFAULT_SUSPICIOUS_PARENTS: &[&str] = &[
+    "nginx",
+    "apache2",
+    "httpd",
+    "lighttpd",
+    "caddy",
+    "php-fpm",
+    "php-cgi",
+    "php",
+    "uwsgi",
+    "gunicorn",
+    "tomcat",
+    "catalina.sh",
+    "jboss",
+    "weblogic",
+    "cron",
+    "crond",
+    "atd",
+    "anacron",
+    "fcron",
+];
+pub const DEFAULT_TEMP_DIRS: &[&str] = &[
+    "/tmp/**",
+    "/var/tmp/**",
+    "/dev/shm/**",
+    "/home/*/Downloads/**",
+    "/root/Downloads/**",
+];
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    SuspiciousParent,
+    TempDir,
+    NotPackaged,
+    Container,
+}
+
+/// Context settings compiled from the rules' `[context]` table.
+#[derive(Debug)]
+pub struct ContextSettings {
+    suspicious_parents: HashSet<String>,
+    temp_dirs: GlobSet,
+    pub dedup_window: Duration,
+    pub dns_ttl: Duration,
+}
+
+impl ContextSettings {
+    pub fn from_rules(rules: &Rules) -> Result<ContextSettings> {
+        let c = &rules.context;
+        let parents = match &c.suspicious_parents {
+            Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            None => DEFAULT_SUSPICIOUS_PARENTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        };
+        let globs: Vec<String> = match &c.temp_dirs {
+            Some(list) => list.iter().map(|g| g.get_ref().clone()).collect(),
+            None => DEFAULT_TEMP_DIRS.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let mut b = GlobSetBuilder::new();
+        for g in &globs {
+            b.add(
+                GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .with_context(|| format!("temp_dirs glob {g:?}"))?,
+            );
+        }
+        Ok(ContextSettings {
+            suspicious_parents: parents,
+            temp_dirs: b.build().context("compiling temp_dirs")?,
+            dedup_window: c
+                .dedup_window_secs
+                .map_or(DEFAULT_DEDUP_WINDOW, Duration::from_secs),
+            dns_ttl: c.dns_ttl_secs.map_or(DEFAULT_DNS_TTL, Duration::from_secs),
+        })
+    }
+
+    /// A web server, scheduler, ... by executable name or comm. Versioned names count too
+    /// (`php-fpm8.2`, `python3.11` would for `python3`).
+    pub fn is_suspicious_parent(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        if self.suspicious_parents.contains(&lower) {
+            return true;
+        }
+        let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        stem.len() < lower.len() && self.suspicious_parents.contains(stem)
+    }
+
+    pub fn in_temp_dir(&self, executable: &str) -> bool {
+        !executable.is_empty() && self.temp_dirs.is_match(executable)
+    }
+}
+
+/// Answers "does a Debian package own this file?" from dpkg's file lists, lazily, with a cache.
+#[derive(Debug)]
+pub struct PackageDb {
+    info_dir: PathBuf,
+    cache: HashMap<String, Option<bool>>,
+}
+
+impl Default for PackageDb {
+    fn default() -> Self {
+        PackageDb::new(Path::new("/var/lib/dpkg/info"))
+    }
+}
+
+const PACKAGE_CACHE_MAX: usize = 4096;
+
+impl PackageDb {
+    pub fn new(info_dir: &Path) -> PackageDb {
+        PackageDb {
+            info_dir: info_dir.to_owned(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// `None` when there is no dpkg database to ask (another distribution).
+    pub fn owned(&mut self, path: &str) -> Option<bool> {
+        if path.is_empty() || !path.starts_with('/') {
+            return None;
+        }
+        if let Some(v) = self.cache.get(path) {
+            return *v;
+        }
+        let v = self.lookup(path);
+        if self.cache.len() >= PACKAGE_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(path.to_owned(), v);
+        v
+    }
+
+    fn lookup(&self, path: &str) -> Option<bool> {
+        let entries = fs::read_dir(&self.info_dir).ok()?;
+        // With merged /usr, dpkg may list /bin/x for what the kernel resolves as /usr/bin/x.
+        let mut wanted = vec![path.to_owned()];
+        if let Some(rest) = path.strip_prefix("/usr") {
+            if ["/bin/", "/sbin/", "/lib/", "/lib64/"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+            {
+                wanted.push(rest.to_owned());
+            }
+        } else if ["/bin/", "/sbin/", "/lib/", "/lib64/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+        {
+            wanted.push(format!("/usr{path}"));
+        }
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "list") {
+                continue;
+            }
+            let Ok(f) = fs::File::open(&p) else { continue };
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if wanted.contains(&line) {
+                    return Some(true);
+                }
+            }
+        }
+        Some(false)
+    }
+}
+
+/// Finds the cgroup of a process and the container id in it.
+#[derive(Debug, Default)]
+pub struct Containers {
+    /// cgroup v2 id (inode) to path, filled by walking the hierarchy on a miss.
+    by_id: HashMap<u64, String>,
+    last_walk: Option<Instant>,
+}
+
+impl Containers {
+    /// The cgroup v2 path of `pid`, or of cgroup `cgroup_id` when the process is gone.
+    pub fn cgroup_path(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            && let Some(p) = text.lines().find_map(|l| l.strip_prefix("0::"))
+        {
+            return Some(p.to_owned());
+        }
+        if cgroup_id == 0 {
+            return None;
+        }
+        if let Some(p) = self.by_id.get(&cgroup_id) {
+            return Some(p.clone());
+        }
+        // Walk at most every 5 s: a flood of unknown ids must not become a flood of walks.
+        if self
+            .last_walk
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return None;
+        }
+        self.last_walk = Some(Instant::now());
+        if let Ok(root) = crate::probes::cgroup2_root() {
+            self.by_id.clear();
+            walk_cgroups(&root, &root, 0, &mut self.by_id);
+        }
+        self.by_id.get(&cgroup_id).cloned()
+    }
+}
+
+fn walk_cgroups(root: &Path, dir: &Path, depth: u32, out: &mut HashMap<u64, String>) {
+    if depth > 16 || out.len() > 100_000 {
+        return;
+    }
+    if let Ok(meta) = fs::metadata(dir) {
+        let rel = dir
+            .strip_prefix(root)
+            .map(|r| format!("/{}", r.display()))
+            .unwrap_or_default();
+        out.insert(meta.ino(), if rel == "/" { "/".into() } else { rel });
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_cgroups(root, &e.path(), depth + 1, out);
+        }
+    }
+}
+
+/// The container id in a cgroup path, for docker, podman, containerd and CRI-O layouts:
+/// `docker-<id>.scope`, `/docker/<id>`, `libpod-<id>`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `/kubepods/.../<id>`. conmon's own cgroup is not a container.
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    for seg in cgroup_path.rsplit('/') {
+        let s = seg.strip_suffix(".scope").unwrap_or(seg);
+        if s.contains("conmon") {
+            return None;
+        }
+        let id = [
+            "docker-",
+            "libpod-",
+            "cri-containerd-",
+            "crio-",
+            "containerd-",
+        ]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .unwrap_or(s);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(id.to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ContextSettings {
+        ContextSettings::from_rules(&Rules::default()).expect("defaults compile")
+    }
+
+    #[test]
+    fn suspicious_parents_including_versioned_names() {
+        let s = settings();
+        assert!(s.is_suspicious_parent("nginx"));
+        assert!(s.is_suspicious_parent("php-fpm8.2"));
+        assert!(s.is_suspicious_parent("CRON"));
+        assert!(!s.is_suspicious_parent("bash"));
+        assert!(!s.is_suspicious_parent("nginx-exporter"));
+        assert!(!s.is_suspicious_parent(""));
+    }
+
+    #[test]
+    fn temp_dirs() {
+        let s = settings();
+        assert!(s.in_temp_dir("/tmp/x/anydesk"));
+        assert!(s.in_temp_dir("/dev/shm/a"));
+        assert!(s.in_temp_dir("/home/alice/Downloads/rustdesk"));
+        assert!(s.in_temp_dir("/root/Downloads/sub/dir/tool"));
+        assert!(!s.in_temp_dir("/usr/bin/anydesk"));
+        assert!(!s.in_temp_dir("/home/alice/bin/tool"));
+        assert!(!s.in_temp_dir("/tmpfoo/x"));
+        assert!(!s.in_temp_dir(""));
+    }
+
+    #[test]
+    fn configured_lists_replace_defaults() {
+        let src = "[context]\nsuspicious_parents = [\"sshd\"]\ntemp_dirs = [\"/scratch/**\"]\ndedup_window_secs = 7\n";
+        let mut rules = Rules::default();
+        let f = crate::catalog::parse_rules("c", src).expect("valid");
+        rules.context = f.context.expect("context");
+        let s = ContextSettings::from_rules(&rules).expect("compiles");
+        assert!(s.is_suspicious_parent("sshd") && !s.is_suspicious_parent("nginx"));
+        assert!(s.in_temp_dir("/scratch/a") && !s.in_temp_dir("/tmp/a"));
+        assert_eq!(s.dedup_window, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn package_ownership_from_dpkg_lists() {
+        let dir = std::env::temp_dir().join(format!("rmm-dpkg-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(
+            dir.join("coreutils.list"),
+            "/.\n/bin\n/bin/true\n/usr/share/doc/x\n",
+        )
+        .expect("write");
+        fs::write(dir.join("coreutils.md5sums"), "/tmp/x/anydesk\n").expect("write");
+        let mut db = PackageDb::new(&dir);
+        assert_eq!(db.owned("/bin/true"), Some(true));
+        assert_eq!(db.owned("/usr/bin/true"), Some(true), "merged /usr");
+        assert_eq!(
+            db.owned("/tmp/x/anydesk"),
+            Some(false),
+            "only .list files count"
+        );
+        assert_eq!(db.owned("relative"), None);
+        assert_eq!(
+            PackageDb::new(Path::new("/nonexistent")).owned("/bin/true"),
+            None
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn container_ids_from_runtime_cgroup_paths() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for path in [
+            format!("/libpod_parent/libpod-{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
+            ),
+            format!("/kubepods.slice/kubepods-pod1234.slice/crio-{id}.scope"),
+            format!("/kubepods/besteffort/pod1234/{id}"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
+        }
+        assert_eq!(
+            container_id(&format!("/machine.slice/libpod-conmon-{id}.scope")),
+            None
+        );
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+        assert_eq!(container_id("/"), None);
+    }
+}

@@ -1,0 +1,584 @@
+//! Turns events into alerts: catalog matches, DNS-to-connect correlation, context flags,
+//! allowlist and de-duplication. Runs on the processor thread; every decision is counted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use globset::{Glob, GlobMatcher};
+use serde::Serialize;
+
+use crate::{
+    alert::{
+        Action, Alert, ContainerFields, Destination, DnsFields, DnsQuestion, EventFields, Host,
+        ProcessFields, ProcessRef, RmmFields, RuleFields, Technique, Threat, UserRef, rfc3339,
+        technique_name,
+    },
+    catalog::{Proto, Rules, UserRef as RuleUser},
+    context::{Containers, ContextSettings, Flag, PackageDb, container_id},
+    decode::{Event, Task},
+    dns,
+    matcher::{Hit, Indicator, Matcher, basename},
+    proctable::{Proc, ProcTable},
+};
+
+/// Most ancestors reported per alert.
+pub const MAX_ANCESTORS: usize = 8;
+/// Bounds on the state kept between events.
+const MAX_RESOLVED: usize = 65_536;
+const MAX_PENDING_QUERIES: usize = 4096;
+const MAX_DEDUP: usize = 65_536;
+
+#[derive(Debug)]
+struct Allow {
+    tool: Option<String>,
+    executable: Option<GlobMatcher>,
+    uid: Option<u32>,
+    parent: Option<(String, GlobMatcher)>,
+    container: Option<String>,
+    reason: String,
+}
+
+/// Everything a rules (re)load produces; swapped as a whole on SIGHUP.
+#[derive(Debug)]
+pub struct Compiled {
+    pub matcher: Matcher,
+    pub context: ContextSettings,
+    allow: Vec<Allow>,
+    pub sources: Vec<String>,
+}
+
+fn uid_of(name: &str) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name)
+            .then(|| f.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+impl Compiled {
+    pub fn build(rules: &Rules) -> Result<Compiled> {
+        let matcher = Matcher::build(rules)?;
+        let context = ContextSettings::from_rules(rules)?;
+        let mut allow = Vec::new();
+        for a in &rules.allow {
+            let glob = |g: &str| -> Result<GlobMatcher> {
+                Ok(Glob::new(g)
+                    .with_context(|| format!("allow glob {g:?}"))?
+                    .compile_matcher())
+            };
+            let uid = match a.user.as_ref().map(|u| u.get_ref()) {
+                None => None,
+                Some(RuleUser::Uid(u)) => Some(*u),
+                Some(RuleUser::Name(n)) => Some(
+                    uid_of(n)
+                        .with_context(|| format!("allowlist user {n:?} is not in /etc/passwd"))?,
+                ),
+            };
+            if let Some(t) = &a.tool
+                && matcher.tool_index(t.get_ref()).is_none()
+            {
+                anyhow::bail!(
+                    "allowlist names tool {:?}, which is not in the catalog",
+                    t.get_ref()
+                );
+            }
+            allow.push(Allow {
+                tool: a.tool.as_ref().map(|t| t.get_ref().clone()),
+                executable: a
+                    .executable
+                    .as_ref()
+                    .map(|e| glob(e.get_ref()))
+                    .transpose()?,
+                uid,
+                parent: a
+                    .parent
+                    .as_ref()
+                    .map(|p| glob(p.get_ref()).map(|g| (p.get_ref().to_ascii_lowercase(), g)))
+                    .transpose()?,
+                container: a.container.as_ref().map(|c| c.get_ref().clone()),
+                reason: a.reason.clone().unwrap_or_else(|| "no reason given".into()),
+            });
+        }
+        Ok(Compiled {
+            matcher,
+            context,
+            allow,
+            sources: rules.sources.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct DetectStats {
+    pub alerts: BTreeMap<String, u64>,
+    /// Matches suppressed by the allowlist, per tool.
+    pub allowed: BTreeMap<String, u64>,
+    /// Matches folded into an earlier alert by de-duplication.
+    pub deduplicated: u64,
+    /// DNS answers parsed for correlation, and those that did not parse.
+    pub answers_parsed: u64,
+    pub answers_malformed: u64,
+    pub reloads: u64,
+}
+
+struct Dedup {
+    since: Instant,
+    suppressed: u64,
+}
+
+struct Resolved {
+    tool: usize,
+    domain: String,
+    until: Instant,
+}
+
+pub struct Detector {
+    compiled: Arc<Compiled>,
+    dedup: HashMap<(String, u32, Indicator, String), Dedup>,
+    /// Addresses that vendor domains resolved to.
+    resolved: HashMap<IpAddr, Resolved>,
+    /// Vendor-domain queries waiting for their answer: (socket cookie, txid) -> (tool, qname).
+    pending: HashMap<(u64, u16), (usize, String)>,
+    packages: PackageDb,
+    containers: Containers,
+    hostname: String,
+    /// Wall-clock nanoseconds minus CLOCK_MONOTONIC nanoseconds, to date kernel timestamps.
+    wall_offset_ns: i128,
+    pub stats: DetectStats,
+}
+
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// What the alert is about, beyond the process.
+struct Subject<'a> {
+    action: Action,
+    hit: Hit,
+    task: Option<&'a Task>,
+    destination: Option<Destination>,
+    dns: Option<DnsFields>,
+    outcome: Option<&'static str>,
+}
+
+impl Detector {
+    pub fn new(compiled: Arc<Compiled>) -> Detector {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Detector {
+            compiled,
+            dedup: HashMap::new(),
+            resolved: HashMap::new(),
+            pending: HashMap::new(),
+            packages: PackageDb::default(),
+            containers: Containers::default(),
+            hostname: hostname(),
+            wall_offset_ns: wall - monotonic_ns(),
+            stats: DetectStats::default(),
+        }
+    }
+
+    /// Replaces the rules; correlation and de-duplication state carry over.
+    pub fn reload(&mut self, compiled: Arc<Compiled>) {
+        self.compiled = compiled;
+        // Tool indexes may have moved: drop state keyed by index.
+        self.resolved.clear();
+        self.pending.clear();
+        self.stats.reloads += 1;
+    }
+
+    /// Alerts for RMM processes already running (start-up inventory, `rmm-monitor scan`).
+    pub fn inventory(&mut self, table: &ProcTable) -> Vec<Alert> {
+        let mut procs: Vec<&Proc> = table.iter().collect();
+        procs.sort_by_key(|p| p.pid);
+        let mut out = Vec::new();
+        for p in procs {
+            if let Some(hit) = self
+                .compiled
+                .matcher
+                .match_exec(&p.executable, "", &p.comm, &p.args)
+            {
+                let s = Subject {
+                    action: Action::Inventory,
+                    hit,
+                    task: None,
+                    destination: None,
+                    dns: None,
+                    outcome: None,
+                };
+                if let Some(a) = self.emit(s, p.pid, table, 0) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn on_event(&mut self, ev: &Event, table: &ProcTable) -> Option<Alert> {
+        match ev {
+            Event::Exec(e) => {
+                let hit = self.compiled.matcher.match_exec(
+                    &e.executable,
+                    &e.filename,
+                    &e.task.comm,
+                    &e.args,
+                )?;
+                let s = Subject {
+                    action: Action::Exec,
+                    hit,
+                    task: Some(&e.task),
+                    destination: None,
+                    dns: None,
+                    outcome: None,
+                };
+                self.emit(s, e.task.pid, table, e.task.ts_ns)
+            }
+            Event::Connect(c) => {
+                let now = Instant::now();
+                let correlated = self
+                    .resolved
+                    .get(&c.daddr)
+                    .filter(|r| r.until > now)
+                    .map(|r| (r.tool, r.domain.clone()));
+                let (hit, domain) = match correlated {
+                    Some((tool, domain)) => (
+                        Hit {
+                            tool,
+                            indicator: Indicator::Ip,
+                            matched: c.daddr.to_string(),
+                        },
+                        Some(domain),
+                    ),
+                    None => {
+                        let proto = if c.protocol == "udp" {
+                            Proto::Udp
+                        } else {
+                            Proto::Tcp
+                        };
+                        let tool = self.compiled.matcher.match_port(proto, c.dport)?;
+                        let p = if proto == Proto::Udp { "udp" } else { "tcp" };
+                        (
+                            Hit {
+                                tool,
+                                indicator: Indicator::Port,
+                                matched: format!("{p}/{}", c.dport),
+                            },
+                            None,
+                        )
+                    }
+                };
+                // A non-blocking connect's result is not known at the syscall's return.
+                let outcome = match c.result {
+                    "success" => "success",
+                    "in_progress" | "unknown" => "unknown",
+                    _ => "failure",
+                };
+                let s = Subject {
+                    action: Action::Connect,
+                    hit,
+                    task: Some(&c.task),
+                    destination: Some(Destination {
+                        ip: c.daddr,
+                        port: c.dport,
+                        domain,
+                    }),
+                    dns: None,
+                    outcome: Some(outcome),
+                };
+                self.emit(s, c.task.pid, table, c.task.ts_ns)
+            }
+            Event::Dns(d) => {
+                let (tool, domain) = self.compiled.matcher.match_domain(&d.query.qname)?;
+                let domain = domain.to_owned();
+                if self.pending.len() >= MAX_PENDING_QUERIES {
+                    self.pending.clear();
+                }
+                self.pending
+                    .insert((d.sock_cookie, d.query.txid), (tool, d.query.qname.clone()));
+                let s = Subject {
+                    action: Action::DnsQuery,
+                    hit: Hit {
+                        tool,
+                        indicator: Indicator::Domain,
+                        matched: domain,
+                    },
+                    task: Some(&d.task),
+                    destination: Some(Destination {
+                        ip: d.daddr,
+                        port: d.dport,
+                        domain: None,
+                    }),
+                    dns: Some(DnsFields {
+                        question: DnsQuestion {
+                            name: d.query.qname.clone(),
+                            kind: d.query.qtype.clone(),
+                        },
+                    }),
+                    outcome: None,
+                };
+                self.emit(s, d.task.pid, table, d.task.ts_ns)
+            }
+            Event::DnsAnswer(a) => {
+                // Only answers to vendor-domain queries are parsed: the rest cost a hash lookup.
+                let (tool, qname) = self.pending.remove(&(a.sock_cookie, a.txid))?;
+                match dns::parse_answer(&a.payload) {
+                    Ok(addrs) => {
+                        self.stats.answers_parsed += 1;
+                        if self.resolved.len() + addrs.len() > MAX_RESOLVED {
+                            let now = Instant::now();
+                            self.resolved.retain(|_, r| r.until > now);
+                            if self.resolved.len() + addrs.len() > MAX_RESOLVED {
+                                self.resolved.clear();
+                            }
+                        }
+                        let until = Instant::now() + self.compiled.context.dns_ttl;
+                        for ip in addrs {
+                            self.resolved.insert(
+                                ip,
+                                Resolved {
+                                    tool,
+                                    domain: qname.clone(),
+                                    until,
+                                },
+                            );
+                        }
+                    }
+                    Err(_) => self.stats.answers_malformed += 1,
+                }
+                None
+            }
+            Event::Fork(_) | Event::Exit(_) => None,
+        }
+    }
+
+    fn emit(&mut self, s: Subject<'_>, pid: u32, table: &ProcTable, ts_ns: u64) -> Option<Alert> {
+        let c = self.compiled.clone();
+        let tool = c.matcher.tool(&s.hit);
+        let proc_ = table.get(pid);
+        let ancestors: Vec<&Proc> = table.ancestors(pid, MAX_ANCESTORS);
+        let executable = proc_.map(|p| p.executable.clone()).unwrap_or_default();
+        let uid = s
+            .task
+            .map(|t| t.uid)
+            .or(proc_.map(|p| p.uid))
+            .unwrap_or(u32::MAX);
+        let cgroup_id = s
+            .task
+            .map(|t| t.cgroup_id)
+            .or(proc_.map(|p| p.cgroup_id))
+            .unwrap_or(0);
+        let container = self
+            .containers
+            .cgroup_path(pid, cgroup_id)
+            .as_deref()
+            .and_then(container_id);
+
+        if let Some(reason) = allowed(
+            &c,
+            &tool.id,
+            &executable,
+            uid,
+            ancestors.first().copied(),
+            container.as_deref(),
+        ) {
+            log::debug!(
+                "allowed {} activity of pid {pid} ({executable}): {reason}",
+                tool.id
+            );
+            *self.stats.allowed.entry(tool.id.clone()).or_default() += 1;
+            return None;
+        }
+        let key = (tool.id.clone(), pid, s.hit.indicator, s.hit.matched.clone());
+        let now = Instant::now();
+        let count = match self.dedup.get_mut(&key) {
+            Some(d) if now.duration_since(d.since) < c.context.dedup_window => {
+                d.suppressed += 1;
+                self.stats.deduplicated += 1;
+                return None;
+            }
+            Some(d) => {
+                let n = d.suppressed + 1;
+                *d = Dedup {
+                    since: now,
+                    suppressed: 0,
+                };
+                n
+            }
+            None => {
+                if self.dedup.len() >= MAX_DEDUP {
+                    let window = c.context.dedup_window;
+                    self.dedup
+                        .retain(|_, d| now.duration_since(d.since) < window);
+                }
+                self.dedup.insert(
+                    key,
+                    Dedup {
+                        since: now,
+                        suppressed: 0,
+                    },
+                );
+                1
+            }
+        };
+
+        let mut flags = Vec::new();
+        if ancestors.iter().take(MAX_ANCESTORS).any(|a| {
+            c.context.is_suspicious_parent(basename(&a.executable))
+                || c.context.is_suspicious_parent(&a.comm)
+                || c.matcher
+                    .match_exec(&a.executable, "", &a.comm, &[])
+                    .is_some_and(|h| h.tool != s.hit.tool)
+        }) {
+            flags.push(Flag::SuspiciousParent);
+        }
+        if c.context.in_temp_dir(&executable) {
+            flags.push(Flag::TempDir);
+        }
+        if self.packages.owned(&executable) == Some(false) {
+            flags.push(Flag::NotPackaged);
+        }
+        if container.is_some() {
+            flags.push(Flag::Container);
+        }
+        let severity = tool.severity.raised(flags.len());
+        let name = s
+            .task
+            .map(|t| t.comm.clone())
+            .or(proc_.map(|p| p.comm.clone()))
+            .unwrap_or_default();
+        let epoch_ns = if ts_ns == 0 {
+            (self.wall_offset_ns + monotonic_ns()).max(0) as u128
+        } else {
+            (self.wall_offset_ns + ts_ns as i128).max(0) as u128
+        };
+        *self.stats.alerts.entry(tool.id.clone()).or_default() += 1;
+        let pref = |p: &Proc| ProcessRef {
+            pid: p.pid,
+            name: p.comm.clone(),
+            executable: p.executable.clone(),
+        };
+        Some(Alert {
+            timestamp: rfc3339(epoch_ns),
+            event: EventFields {
+                kind: "alert",
+                category: vec![match s.action {
+                    Action::Exec | Action::Inventory => "process",
+                    Action::Connect | Action::DnsQuery => "network",
+                }],
+                action: s.action,
+                severity: severity.score(),
+                outcome: s.outcome,
+            },
+            rule: RuleFields {
+                id: format!("rmm.{}.{}", tool.id, indicator_name(s.hit.indicator)),
+                name: format!(
+                    "{} {} ({})",
+                    tool.name,
+                    describe(s.action),
+                    indicator_name(s.hit.indicator)
+                ),
+            },
+            rmm: RmmFields {
+                tool: tool.id.clone(),
+                tool_name: tool.name.clone(),
+                indicator: s.hit.indicator,
+                matched: s.hit.matched,
+                context: flags,
+                severity: severity.name(),
+                count,
+                ancestors: ancestors.iter().map(|p| pref(p)).collect(),
+                references: tool.references.clone(),
+            },
+            threat: Threat {
+                framework: "MITRE ATT&CK",
+                technique: Technique {
+                    id: tool.technique.clone(),
+                    name: technique_name(&tool.technique),
+                },
+            },
+            process: ProcessFields {
+                pid,
+                name,
+                executable,
+                args: proc_.map(|p| p.args.clone()).unwrap_or_default(),
+                user: UserRef { id: uid },
+                parent: ancestors.first().map(|p| pref(p)),
+            },
+            destination: s.destination,
+            dns: s.dns,
+            container: container.map(|id| ContainerFields { id }),
+            host: Host {
+                hostname: self.hostname.clone(),
+            },
+        })
+    }
+}
+
+/// The reason of the first allowlist entry whose every given field matches.
+fn allowed<'c>(
+    c: &'c Compiled,
+    tool: &str,
+    exe: &str,
+    uid: u32,
+    parent: Option<&Proc>,
+    container: Option<&str>,
+) -> Option<&'c str> {
+    c.allow
+        .iter()
+        .find(|a| {
+            a.tool.as_deref().is_none_or(|t| t == tool)
+                && a.executable.as_ref().is_none_or(|g| g.is_match(exe))
+                && a.uid.is_none_or(|u| u == uid)
+                && a.parent.as_ref().is_none_or(|(name, g)| {
+                    parent.is_some_and(|p| {
+                        p.comm.eq_ignore_ascii_case(name)
+                            || basename(&p.executable).eq_ignore_ascii_case(name)
+                            || g.is_match(&p.executable)
+                    })
+                })
+                && a.container
+                    .as_ref()
+                    .is_none_or(|want| container.is_some_and(|got| got.starts_with(want.as_str())))
+        })
+        .map(|a| a.reason.as_str())
+}
+
+fn indicator_name(i: Indicator) -> &'static str {
+    match i {
+        Indicator::Binary => "binary",
+        Indicator::Path => "path",
+        Indicator::Domain => "domain",
+        Indicator::Port => "port",
+        Indicator::Ip => "ip",
+    }
+}
+
+fn describe(a: Action) -> &'static str {
+    match a {
+        Action::Exec => "executed",
+        Action::Inventory => "running",
+        Action::Connect => "connection",
+        Action::DnsQuery => "DNS lookup",
+    }
+}
