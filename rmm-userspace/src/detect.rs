@@ -582,3 +582,362 @@ fn describe(a: Action) -> &'static str {
         Action::DnsQuery => "DNS lookup",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        catalog::{RuleSources, parse_rules},
+        decode::{Connect, Dns, DnsAnswer, Exec, Fork},
+        dns::{DnsQuery, tests as dnsw},
+    };
+
+    fn detector(extra: &str) -> Detector {
+        let mut rules = Rules::load(&RuleSources::default()).expect("default rules");
+        if !extra.is_empty() {
+            let f = parse_rules("extra", extra).expect("extra rules valid");
+            rules.allow.extend(f.allow);
+            if let Some(c) = f.context {
+                rules.context = c;
+            }
+        }
+        Detector::new(Arc::new(Compiled::build(&rules).expect("compiles")))
+    }
+
+    fn task(pid: u32, comm: &str, uid: u32) -> Task {
+        Task {
+            ts_ns: 1,
+            pid,
+            tid: pid,
+            uid,
+            gid: uid,
+            comm: comm.into(),
+            cgroup_id: 0,
+        }
+    }
+
+    fn exec(pid: u32, ppid: u32, exe: &str, uid: u32) -> Event {
+        Event::Exec(Exec {
+            task: task(pid, basename(exe), uid),
+            ppid,
+            filename: exe.into(),
+            executable: exe.into(),
+            args: vec![exe.into()],
+            args_truncated: false,
+            flags: vec![],
+        })
+    }
+
+    fn connect(pid: u32, ip: &str, port: u16, result: &'static str) -> Event {
+        Event::Connect(Connect {
+            task: task(pid, "client", 0),
+            protocol: "tcp",
+            daddr: ip.parse().expect("ip"),
+            dport: port,
+            result,
+            ret: Some(0),
+            source: "syscall",
+            fd: 3,
+            duration_ns: 1,
+        })
+    }
+
+    /// Feeds events through the table and the detector like the processor does.
+    fn feed(d: &mut Detector, t: &mut ProcTable, evs: &[Event]) -> Vec<Alert> {
+        evs.iter()
+            .filter_map(|e| {
+                t.apply(e);
+                d.on_event(e, t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exec_alert_fields_and_parent_chain() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                exec(10, 1, "/usr/sbin/nginx", 33),
+                Event::Fork(Fork {
+                    task: task(10, "nginx", 33),
+                    child_pid: 11,
+                }),
+                exec(11, 10, "/bin/sh", 33),
+                Event::Fork(Fork {
+                    task: task(11, "sh", 33),
+                    child_pid: 12,
+                }),
+                exec(12, 11, "/tmp/x/anydesk", 33),
+            ],
+        );
+        assert_eq!(alerts.len(), 1);
+        let a = &alerts[0];
+        assert_eq!(
+            (a.rmm.tool.as_str(), a.rmm.indicator, a.event.action),
+            ("anydesk", Indicator::Binary, Action::Exec)
+        );
+        assert_eq!(a.process.parent.as_ref().map(|p| p.pid), Some(11));
+        let chain: Vec<u32> = a.rmm.ancestors.iter().map(|p| p.pid).collect();
+        assert_eq!(chain, vec![11, 10]);
+        assert!(
+            a.rmm.context.contains(&Flag::SuspiciousParent),
+            "nginx above the shell"
+        );
+        assert!(a.rmm.context.contains(&Flag::TempDir));
+        assert_eq!(a.rmm.severity, "critical");
+        assert_eq!(a.threat.technique.id, "T1219.002");
+        assert_eq!(a.process.user.id, 33);
+        let json = serde_json::to_value(a).expect("serializes");
+        assert_eq!(json["event"]["kind"], "alert");
+        assert_eq!(json["rmm"]["tool"], "anydesk");
+        assert!(
+            json["@timestamp"]
+                .as_str()
+                .is_some_and(|s| s.ends_with('Z'))
+        );
+    }
+
+    #[test]
+    fn another_rmm_as_ancestor_is_suspicious_but_not_itself() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                exec(20, 1, "/usr/bin/x11vnc", 0),
+                exec(21, 20, "/usr/bin/anydesk", 0),
+            ],
+        );
+        assert_eq!(alerts.len(), 2);
+        assert!(!alerts[0].rmm.context.contains(&Flag::SuspiciousParent));
+        assert!(alerts[1].rmm.context.contains(&Flag::SuspiciousParent));
+    }
+
+    #[test]
+    fn benign_processes_and_generic_ports_stay_silent() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                exec(30, 1, "/usr/bin/vncviewer", 0),
+                exec(31, 1, "/usr/bin/anydesk-notes", 0),
+                connect(31, "127.0.0.1", 443, "success"),
+                connect(31, "127.0.0.1", 22, "success"),
+                connect(31, "127.0.0.1", 80, "refused"),
+            ],
+        );
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    #[test]
+    fn dns_answer_tags_a_later_connect_even_on_443() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let q = dnsw::query(77, "rs-ny.rustdesk.com", 1, false);
+        let ip: IpAddr = "127.0.0.88".parse().expect("ip");
+        let query = Event::Dns(Dns {
+            task: task(40, "curl", 0),
+            daddr: "127.0.0.153".parse().expect("ip"),
+            dport: 53,
+            sport: 5000,
+            sock_cookie: 9,
+            query: DnsQuery {
+                txid: 77,
+                qname: "rs-ny.rustdesk.com".into(),
+                qtype: "A".into(),
+                qcount: 1,
+            },
+            payload_truncated: false,
+        });
+        let answer = Event::DnsAnswer(DnsAnswer {
+            ts_ns: 2,
+            saddr: "127.0.0.153".parse().expect("ip"),
+            sport: 53,
+            dport: 5000,
+            sock_cookie: 9,
+            txid: 77,
+            payload: dnsw::answer(&q, &[ip]),
+        });
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                query,
+                answer,
+                connect(40, "127.0.0.88", 443, "success"),
+                connect(40, "127.0.0.89", 443, "success"),
+            ],
+        );
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        assert_eq!(
+            (alerts[0].event.action, alerts[0].rmm.indicator),
+            (Action::DnsQuery, Indicator::Domain)
+        );
+        let c = &alerts[1];
+        assert_eq!(
+            (c.event.action, c.rmm.indicator, c.rmm.tool.as_str()),
+            (Action::Connect, Indicator::Ip, "rustdesk")
+        );
+        let dest = c.destination.as_ref().expect("destination");
+        assert_eq!(
+            (dest.ip, dest.port, dest.domain.as_deref()),
+            (ip, 443, Some("rs-ny.rustdesk.com"))
+        );
+        assert_eq!(c.event.outcome, Some("success"));
+        assert_eq!(d.stats.answers_parsed, 1);
+    }
+
+    #[test]
+    fn unanswered_or_unrelated_answers_are_not_parsed() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let q = dnsw::query(5, "example.org", 1, false);
+        let answer = Event::DnsAnswer(DnsAnswer {
+            ts_ns: 2,
+            saddr: "127.0.0.153".parse().expect("ip"),
+            sport: 53,
+            dport: 5000,
+            sock_cookie: 1,
+            txid: 5,
+            payload: dnsw::answer(&q, &["127.0.0.5".parse().expect("ip")]),
+        });
+        assert!(
+            feed(
+                &mut d,
+                &mut t,
+                &[answer, connect(1, "127.0.0.5", 443, "success")]
+            )
+            .is_empty()
+        );
+        assert_eq!(d.stats.answers_parsed, 0);
+    }
+
+    #[test]
+    fn vendor_port_connect_outcomes() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                connect(50, "127.0.0.1", 5938, "refused"),
+                connect(51, "::1", 7070, "in_progress"),
+                connect(52, "127.0.0.1", 21116, "success"),
+            ],
+        );
+        let got: Vec<(&str, &str, Option<&str>)> = alerts
+            .iter()
+            .map(|a| (a.rmm.tool.as_str(), a.rmm.matched.as_str(), a.event.outcome))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("teamviewer", "tcp/5938", Some("failure")),
+                ("anydesk", "tcp/7070", Some("unknown")),
+                ("rustdesk", "tcp/21116", Some("success")),
+            ]
+        );
+    }
+
+    #[test]
+    fn allowlist_counts_instead_of_alerting() {
+        let allow = "[[allow]]\ntool = \"anydesk\"\nexecutable = \"/opt/helpdesk/**\"\nuser = 1000\nreason = \"helpdesk\"\n\n[[allow]]\nparent = \"msp-agent\"\n";
+        let mut d = detector(allow);
+        let mut t = ProcTable::default();
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                exec(60, 1, "/opt/helpdesk/bin/anydesk", 1000),
+                exec(61, 1, "/opt/helpdesk/bin/anydesk", 0),
+                exec(62, 1, "/usr/bin/msp-agent", 0),
+                exec(63, 62, "/usr/bin/rustdesk", 0),
+            ],
+        );
+        let pids: Vec<u32> = alerts.iter().map(|a| a.process.pid).collect();
+        assert_eq!(pids, vec![61], "only the wrong user alerts");
+        assert_eq!(d.stats.allowed.get("anydesk"), Some(&1));
+        assert_eq!(d.stats.allowed.get("rustdesk"), Some(&1));
+    }
+
+    #[test]
+    fn allowlist_with_unknown_tool_or_user_is_rejected() {
+        let mut rules = Rules::load(&RuleSources::default()).expect("rules");
+        rules.allow = parse_rules("a", "[[allow]]\ntool = \"nosuchtool\"\n")
+            .expect("syntax ok")
+            .allow;
+        assert!(Compiled::build(&rules).is_err());
+        rules.allow = parse_rules("a", "[[allow]]\nuser = \"no-such-user-xyz\"\n")
+            .expect("syntax ok")
+            .allow;
+        assert!(Compiled::build(&rules).is_err());
+    }
+
+    #[test]
+    fn dedup_folds_repeats_into_one_alert_with_a_count() {
+        let mut d = detector("[context]\ndedup_window_secs = 3600\n");
+        let mut t = ProcTable::default();
+        let evs: Vec<Event> = (0..5)
+            .map(|_| connect(70, "127.0.0.1", 5938, "refused"))
+            .collect();
+        assert_eq!(feed(&mut d, &mut t, &evs).len(), 1);
+        assert_eq!(d.stats.deduplicated, 4);
+        // another process is another alert
+        assert_eq!(
+            feed(&mut d, &mut t, &[connect(71, "127.0.0.1", 5938, "refused")]).len(),
+            1
+        );
+
+        let mut d = detector("[context]\ndedup_window_secs = 0\n");
+        assert_eq!(
+            feed(&mut d, &mut t, &evs).len(),
+            5,
+            "a zero window never folds"
+        );
+        assert!(feed(&mut d, &mut t, &evs).iter().all(|a| a.rmm.count == 1));
+    }
+
+    #[test]
+    fn inventory_reports_running_tools() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        feed(
+            &mut d,
+            &mut t,
+            &[
+                exec(80, 1, "/opt/teamviewer/tv_bin/teamviewerd", 0),
+                exec(81, 1, "/usr/bin/bash", 0),
+            ],
+        );
+        let mut d = detector("");
+        let inv = d.inventory(&t);
+        assert_eq!(inv.len(), 1);
+        assert_eq!(
+            (
+                inv[0].event.action,
+                inv[0].rmm.tool.as_str(),
+                inv[0].rmm.indicator
+            ),
+            (Action::Inventory, "teamviewer", Indicator::Path)
+        );
+    }
+
+    #[test]
+    fn reload_swaps_rules() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let mut rules = Rules::load(&RuleSources::default()).expect("rules");
+        rules.tools.retain(|x| x.id.get_ref() != "anydesk");
+        d.reload(Arc::new(Compiled::build(&rules).expect("compiles")));
+        assert!(feed(&mut d, &mut t, &[exec(90, 1, "/usr/bin/anydesk", 0)]).is_empty());
+        assert_eq!(d.stats.reloads, 1);
+    }
+}
