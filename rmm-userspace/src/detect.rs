@@ -208,6 +208,13 @@ impl Detector {
         self.stats.reloads += 1;
     }
 
+    fn container_of(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
+        self.containers
+            .cgroup_path(pid, cgroup_id)
+            .as_deref()
+            .and_then(container_id)
+    }
+
     /// Alerts for RMM processes already running (start-up inventory, `rmm-monitor scan`).
     pub fn inventory(&mut self, table: &ProcTable) -> Vec<Alert> {
         let mut procs: Vec<&Proc> = table.iter().collect();
@@ -388,11 +395,14 @@ impl Detector {
             .map(|t| t.cgroup_id)
             .or(proc_.map(|p| p.cgroup_id))
             .unwrap_or(0);
-        let container = self
-            .containers
-            .cgroup_path(pid, cgroup_id)
-            .as_deref()
-            .and_then(container_id);
+        // Reading the cgroup costs a file read: done before the allowlist only when an entry
+        // needs it, otherwise after de-duplication.
+        let mut container = None;
+        let mut container_known = false;
+        if c.allow.iter().any(|a| a.container.is_some()) {
+            container = self.container_of(pid, cgroup_id);
+            container_known = true;
+        }
 
         if let Some(reason) = allowed(
             &c,
@@ -442,6 +452,9 @@ impl Detector {
             }
         };
 
+        if !container_known {
+            container = self.container_of(pid, cgroup_id);
+        }
         let mut flags = Vec::new();
         if ancestors.iter().take(MAX_ANCESTORS).any(|a| {
             c.context.is_suspicious_parent(basename(&a.executable))

@@ -1,24 +1,9 @@
 //! rmm-monitor: detects remote-access (RMM) tools on Linux with eBPF.
 
-mod alert;
-mod btf;
-mod catalog;
-mod context;
-mod daemon;
-mod decode;
-mod detect;
-mod dns;
-mod matcher;
-mod probes;
-mod proctable;
-mod reader;
-mod rules_cmd;
-mod sink;
-mod stats;
-
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use rmm_userspace::{btf, catalog, daemon, probes, rules_cmd};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,0 +1,18 @@
+//! rmm-monitor's daemon as a library: the binary (`src/main.rs`) is its command line, the
+//! benchmarks use the matcher and detector directly.
+
+pub mod alert;
+pub mod btf;
+pub mod catalog;
+pub mod context;
+pub mod daemon;
+pub mod decode;
+pub mod detect;
+pub mod dns;
+pub mod matcher;
+pub mod probes;
+pub mod proctable;
+pub mod reader;
+pub mod rules_cmd;
+pub mod sink;
+pub mod stats;
