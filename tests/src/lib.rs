@@ -135,6 +135,60 @@ impl Drop for TempDir {
     }
 }
 
+/// A mount made by a test in this (the machine's) mount namespace, detached on drop.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// A fresh tmpfs on `target` (an existing directory).
+    pub fn tmpfs(target: &Path) -> Mount {
+        Mount::mount(c"tmpfs", target, c"tmpfs", 0)
+    }
+
+    /// `src` bind-mounted on `target`.
+    pub fn bind(src: &Path, target: &Path) -> Mount {
+        let src =
+            std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).expect("no NUL in paths");
+        Mount::mount(&src, target, c"none", libc::MS_BIND)
+    }
+
+    fn mount(
+        src: &std::ffi::CStr,
+        target: &Path,
+        fstype: &std::ffi::CStr,
+        flags: libc::c_ulong,
+    ) -> Mount {
+        let t =
+            std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).expect("no NUL in paths");
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                t.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount {src:?} on {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+        Mount(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Ok(t) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 /// What a finished helper process printed (`key=value` lines) and how it ended.
 #[derive(Debug)]
 pub struct HelperRun {

@@ -133,18 +133,47 @@ fn spawn_reader<R: Read + Send + 'static>(
         .expect("spawning a pipe reader thread")
 }
 
+/// The write end of a pipe whose read end is closed.
+fn broken_pipe() -> Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned here; the read end is closed at once.
+    unsafe {
+        libc::close(fds[0]);
+        Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
 impl Monitor {
     /// Starts `rmm-monitor run --events json EXTRA..` and waits until it says `ready`.
     pub fn start(extra: &[&str]) -> Monitor {
+        Monitor::start_with(extra, false)
+    }
+
+    /// Like [`Monitor::start`], but stdout is a pipe whose read end is already closed: every
+    /// write of the daemon fails with EPIPE.
+    pub fn start_with_broken_stdout(extra: &[&str]) -> Monitor {
+        Monitor::start_with(extra, true)
+    }
+
+    fn start_with(extra: &[&str], broken_stdout: bool) -> Monitor {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let bin = crate::monitor_bin();
+        let stdout_cfg = if broken_stdout {
+            broken_pipe()
+        } else {
+            Stdio::piped()
+        };
         let mut child = Command::new(&bin)
             .args(["run", "--events", "json"])
             .args(extra)
             .env("RMM_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout_cfg)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -152,10 +181,16 @@ impl Monitor {
         let stderr = Lines::new();
         let (o1, o2) = (stdout.clone(), stdout.clone());
         let (e1, e2) = (stderr.clone(), stderr.clone());
-        let threads = vec![
-            spawn_reader(
+        let mut threads = vec![spawn_reader(
+            "monitor-stderr",
+            child.stderr.take().expect("stderr is piped"),
+            move |l| e1.push(l),
+            move || e2.close(),
+        )];
+        match child.stdout.take() {
+            Some(out) => threads.push(spawn_reader(
                 "monitor-stdout",
-                child.stdout.take().expect("stdout is piped"),
+                out,
                 move |l| {
                     o1.push(match serde_json::from_str::<Value>(&l) {
                         Ok(v) if v.is_object() => OutLine::Event(v),
@@ -163,14 +198,9 @@ impl Monitor {
                     })
                 },
                 move || o2.close(),
-            ),
-            spawn_reader(
-                "monitor-stderr",
-                child.stderr.take().expect("stderr is piped"),
-                move |l| e1.push(l),
-                move || e2.close(),
-            ),
-        ];
+            )),
+            None => o2.close(),
+        }
         let mut m = Monitor {
             child,
             stdout,
@@ -217,6 +247,39 @@ impl Monitor {
                 OutLine::Bad(_) => None,
             })
             .collect()
+    }
+
+    /// Waits for a stderr line whose message matches `pred`; fails the test otherwise.
+    pub fn wait_for_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        let found = self.stderr.wait(started + EVENT_TIMEOUT, |lines| {
+            lines.iter().find(|l| pred(message(l))).cloned()
+        });
+        found.unwrap_or_else(|closed| {
+            panic!(
+                "waited {:?} for a log line {what}{}; stderr:\n{}",
+                started.elapsed(),
+                if closed {
+                    " (the daemon closed stderr)"
+                } else {
+                    ""
+                },
+                self.stderr.snapshot().join("\n")
+            )
+        })
+    }
+
+    /// Like [`Monitor::wait_for`], bounded by `timeout`, and `None` when nothing came: for
+    /// callers that retry (every caller must fail the test when all tries return `None`).
+    pub fn try_wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.stdout
+            .wait(Instant::now() + timeout, |lines| {
+                lines.iter().find_map(|l| match l {
+                    OutLine::Event(v) if pred(v) => Some(v.clone()),
+                    _ => None,
+                })
+            })
+            .ok()
     }
 
     /// Waits for the first event matching `pred`; fails the test when none comes in time.
@@ -391,10 +454,20 @@ impl Stopped {
             0,
             "records of an unknown kind"
         );
+        let stats = self.final_stats();
+        let counted = stats["events"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no events in {stats}"));
         for kind in ["exec", "fork", "exit", "connect", "dns"] {
+            assert!(
+                counted.contains_key(kind),
+                "final stats count no {kind} events: {stats}"
+            );
+        }
+        for (kind, n) in counted {
             assert_eq!(
-                self.stat(&format!("/events/{kind}")),
-                self.of_kind(kind).count() as u64,
+                n.as_u64(),
+                Some(self.of_kind(kind).count() as u64),
                 "final stats events.{kind} against the {kind} lines printed"
             );
         }

@@ -30,12 +30,17 @@ fn main() -> ExitCode {
         "exit-signal" => cmd_exit_signal(rest),
         "execveat" => cmd_execveat(rest),
         "memfd-exec" => cmd_memfd_exec(rest),
+        "exec-deleted" => cmd_exec_deleted(rest),
+        "thread-exec" => cmd_thread_exec(rest),
+        "threads" => cmd_threads(rest),
         "burst" => cmd_burst(rest),
         "connect" => cmd_connect(rest, libc::SOCK_STREAM),
         "udp-connect" => cmd_connect(rest, libc::SOCK_DGRAM),
+        "tfo-sendto" => cmd_tfo_sendto(rest),
         "dns-sendto" => cmd_dns_sendto(rest),
         "dns-connected-send" => cmd_dns_connected_send(rest),
         "dns-sendmmsg" => cmd_dns_sendmmsg(rest),
+        "dns-burst" => cmd_dns_burst(rest),
         "getaddrinfo" => cmd_getaddrinfo(rest),
         "raw-udp" => cmd_raw_udp(rest),
         other => Err(format!("unknown command {other:?}")),
@@ -349,6 +354,102 @@ fn cmd_memfd_exec(rest: &[String]) -> Res<()> {
     })
 }
 
+/// `exec-deleted PATH ARGV..`: opens PATH, unlinks it, then runs the open file with
+/// execveat(fd, "", .., AT_EMPTY_PATH) in a child.
+fn cmd_exec_deleted(rest: &[String]) -> Res<()> {
+    let path = cstr(arg(rest, 0, "PATH")?)?;
+    let argv = CVec::new(&rest[1..])?;
+    let envp = min_env()?;
+    // SAFETY: a valid path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(os_err("open PATH"));
+    }
+    // SAFETY: a valid path.
+    if unsafe { libc::unlink(path.as_ptr()) } != 0 {
+        return Err(os_err("unlink PATH"));
+    }
+    println!("fd={fd}");
+    let empty = c"";
+    fork_exec(|| {
+        // SAFETY: valid strings and arrays.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                empty.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+    })
+}
+
+/// `thread-exec PATH ARGV..`: a second thread of the helper calls execve; the kernel makes
+/// it the thread group leader first.
+fn cmd_thread_exec(rest: &[String]) -> Res<()> {
+    let path = cstr(arg(rest, 0, "PATH")?)?;
+    let argv = CVec::new(&rest[1..])?;
+    let envp = min_env()?;
+    println!("leader={}", std::process::id());
+    let _ = std::io::stdout().flush();
+    let (path_p, argv_p, envp_p) = (
+        path.as_ptr() as usize,
+        argv.as_ptr() as usize,
+        envp.as_ptr() as usize,
+    );
+    let t = std::thread::spawn(move || {
+        // SAFETY: the pointers stay valid: the main thread owns them and blocks in join.
+        unsafe {
+            libc::execve(
+                path_p as *const c_char,
+                argv_p as *const *const c_char,
+                envp_p as *const *const c_char,
+            )
+        };
+        os_err("execve from a thread")
+    });
+    Err(t
+        .join()
+        .unwrap_or_else(|_| "the exec thread panicked".into()))
+}
+
+/// `threads N CODE`: starts N threads (no fork events expected), then the last one calls
+/// exit(CODE) while the others still run: the whole group dies with that code.
+fn cmd_threads(rest: &[String]) -> Res<()> {
+    let n: usize = arg(rest, 0, "N")?
+        .parse()
+        .map_err(|_| "N is not a number")?;
+    let code: i32 = arg(rest, 1, "CODE")?
+        .parse()
+        .map_err(|_| "CODE is not a number")?;
+    let done = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let d = done.clone();
+        handles.push(std::thread::spawn(move || {
+            d.wait();
+        }));
+    }
+    done.wait();
+    for h in handles {
+        let _ = h.join();
+    }
+    println!("threads={n}");
+    let _ = std::io::stdout().flush();
+    let d = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let d2 = d.clone();
+    std::thread::spawn(move || {
+        d2.wait();
+        std::process::exit(code);
+    });
+    d.wait();
+    loop {
+        std::thread::park();
+    }
+}
+
 /// `burst N PATH ARGV..`: forks N children at once, child i runs PATH with ARGV + [i]; then
 /// reaps them all. Prints `issued=N` and `failed=F`.
 fn cmd_burst(rest: &[String]) -> Res<()> {
@@ -393,21 +494,55 @@ fn cmd_burst(rest: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// `connect ADDR PORT [nonblock]` / `udp-connect ADDR PORT`: one connect(2); prints fd, ret
-/// and errno. A refused connect is a result, not a failure of the helper.
+/// `connect ADDR PORT [nonblock|badlen]` / `udp-connect ADDR PORT`: one connect(2); prints
+/// fd, ret and errno. `badlen` passes an address length of 4, which the protocol refuses
+/// (EINVAL) before the cgroup hook runs. A refused connect is a result, not a failure.
 fn cmd_connect(rest: &[String], ty: c_int) -> Res<()> {
     let ip = loopback(arg(rest, 0, "ADDR")?)?;
     let to = SocketAddr::new(ip, port(arg(rest, 1, "PORT")?)?);
-    let nonblock = match rest.get(2).map(String::as_str) {
-        None => 0,
-        Some("nonblock") => libc::SOCK_NONBLOCK,
+    let (nonblock, badlen) = match rest.get(2).map(String::as_str) {
+        None => (0, false),
+        Some("nonblock") => (libc::SOCK_NONBLOCK, false),
+        Some("badlen") => (0, true),
         Some(o) => return Err(format!("unknown option {o:?}")),
     };
     let s = Sock::new(ip, ty | nonblock)?;
-    let (ret, e) = s.connect(to);
+    let (ret, e) = if badlen {
+        let (ss, _) = sockaddr(to);
+        // SAFETY: ss is valid for more than the 4 bytes passed.
+        let ret = unsafe { libc::connect(s.0, (&raw const ss).cast(), 4) };
+        (ret, if ret < 0 { errno() } else { 0 })
+    } else {
+        s.connect(to)
+    };
     println!("fd={}", s.0);
     println!("ret={ret}");
     println!("errno={e}");
+    Ok(())
+}
+
+/// `tfo-sendto ADDR PORT`: sendto(MSG_FASTOPEN) on an unconnected TCP socket: the kernel
+/// connects without connect(2), so only the cgroup connect hook sees it.
+fn cmd_tfo_sendto(rest: &[String]) -> Res<()> {
+    let ip = loopback(arg(rest, 0, "ADDR")?)?;
+    let to = SocketAddr::new(ip, port(arg(rest, 1, "PORT")?)?);
+    let s = Sock::new(ip, libc::SOCK_STREAM)?;
+    let (ss, len) = sockaddr(to);
+    let data = b"x";
+    // SAFETY: data and ss are valid for their lengths.
+    let ret = unsafe {
+        libc::sendto(
+            s.0,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const ss).cast(),
+            len,
+        )
+    };
+    println!("fd={}", s.0);
+    println!("ret={ret}");
+    println!("errno={}", if ret < 0 { errno() } else { 0 });
     Ok(())
 }
 
@@ -427,6 +562,25 @@ fn cmd_dns_sendto(rest: &[String]) -> Res<()> {
     println!("txid={txid}");
     println!("sport={}", s.local_port()?);
     println!("len={}", q.len());
+    Ok(())
+}
+
+/// `dns-burst ADDR NAME N`: N A queries for NAME (txids 0..N) from one socket, as fast as
+/// sendto goes. Prints `sent`.
+fn cmd_dns_burst(rest: &[String]) -> Res<()> {
+    let ip = loopback(arg(rest, 0, "ADDR")?)?;
+    let name = arg(rest, 1, "NAME")?;
+    let n: u16 = arg(rest, 2, "N")?
+        .parse()
+        .map_err(|_| "N is not a number")?;
+    let s = Sock::new(ip, libc::SOCK_DGRAM)?;
+    for id in 0..n {
+        s.sendto(
+            &dnswire::query(id, name, dnswire::TYPE_A, 0),
+            SocketAddr::new(ip, 53),
+        )?;
+    }
+    println!("sent={n}");
     Ok(())
 }
 

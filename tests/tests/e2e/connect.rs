@@ -186,3 +186,54 @@ fn udp_connect() {
     stopped.assert_clean();
     assert_one_connect_each(&stopped, &runs.iter().collect::<Vec<_>>());
 }
+
+#[test]
+fn connect_refused_before_the_protocol() {
+    root_or_skip!("connect_refused_before_the_protocol");
+    let port = closed_port("127.0.0.1");
+    let m = Monitor::start(&[]);
+    let (run, ev) = connect(&m, "connect", "127.0.0.1", port, Some("badlen"));
+    assert_eq!(
+        run.num::<i32>("errno"),
+        libc::EINVAL,
+        "an address length of 4 is refused"
+    );
+    // The cgroup hook never ran: no protocol; the syscall's error is reported as such.
+    assert_eq!(
+        (text(&ev, "protocol"), text(&ev, "result")),
+        ("unknown", "error"),
+        "{ev}"
+    );
+    assert_eq!(int(&ev, "ret"), -22, "{ev}");
+    let stopped = m.stop();
+    stopped.assert_clean();
+    assert_one_connect_each(&stopped, &[&run]);
+}
+
+#[test]
+fn tcp_fast_open_is_seen_by_the_cgroup_hook() {
+    root_or_skip!("tcp_fast_open_is_seen_by_the_cgroup_hook");
+    // sendto(MSG_FASTOPEN) connects without connect(2): only the cgroup hook sees it.
+    let port = closed_port("127.0.0.1");
+    let m = Monitor::start(&[]);
+    let run = helper(&["tfo-sendto", "127.0.0.1", &port.to_string()]);
+    run.assert_success();
+    let pid = u64::from(run.pid);
+    let ev = m.wait_for("the fast-open connect", |e| {
+        e["event"] == "connect" && num(e, "pid") == pid
+    });
+    assert_eq!(text(&ev, "source"), "cgroup_hook", "{ev}");
+    assert_eq!(text(&ev, "result"), "unknown", "no syscall result: {ev}");
+    assert!(ev.get("ret").is_none(), "no ret without a syscall: {ev}");
+    assert_eq!(int(&ev, "fd"), -1, "{ev}");
+    assert_eq!(
+        (text(&ev, "protocol"), text(&ev, "daddr")),
+        ("tcp", "127.0.0.1"),
+        "{ev}"
+    );
+    assert_eq!(num(&ev, "dport"), u64::from(port), "{ev}");
+    assert_eq!(text(&ev, "comm"), helper_comm(), "{ev}");
+    let stopped = m.stop();
+    stopped.assert_clean();
+    assert_one_connect_each(&stopped, &[&run]);
+}

@@ -219,6 +219,22 @@ fn dns_over_ipv6() {
     assert_query(ev, &run, "::1", &name, "AAAA");
     assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
     assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+    // From an IPv6 socket to a v4-mapped address the packet on the wire is IPv4.
+    let mapped_name = unique_name("mapped");
+    let mapped = helper(&["dns-sendto", "::ffff:127.0.0.1", &mapped_name, "A"]);
+    mapped.assert_success();
+    let ev = &dns_events(&m, &mapped, 1)[0];
+    let daddr = text(ev, "daddr");
+    assert!(
+        daddr == "127.0.0.1" || daddr == "::ffff:127.0.0.1",
+        "v4-mapped destination: {ev}"
+    );
+    assert_eq!(
+        (text(ev, "qname"), text(ev, "qtype")),
+        (mapped_name.as_str(), "A"),
+        "{ev}"
+    );
+    assert_eq!(num(ev, "txid"), mapped.num::<u64>("txid"), "{ev}");
     match &resp6 {
         Ok(resp) => check_getaddrinfo(&m, resp, "::1"),
         Err(e) => eprintln!("dns_over_ipv6: [::1]:53 is taken ({e}): glibc over IPv6 not checked"),

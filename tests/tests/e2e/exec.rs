@@ -4,8 +4,8 @@
 use std::{os::unix::process::CommandExt, path::Path, process::Command};
 
 use rmm_tests::{
-    Monitor, TempDir, Value, args, comm_of, flags, gettid, monotonic_ns, nonce, num, own_cgroup_id,
-    text,
+    Monitor, Mount, TempDir, Value, args, comm_of, flags, gettid, monotonic_ns, nonce, num,
+    own_cgroup_id, text,
 };
 
 use crate::{helper, helper_comm, root_or_skip};
@@ -343,5 +343,239 @@ fn exit_codes_are_wait_statuses() {
             "{exec}"
         );
     }
+    m.stop().assert_clean();
+}
+
+#[test]
+fn exec_of_a_script() {
+    root_or_skip!("exec_of_a_script");
+    let dir = TempDir::new("script");
+    let name = format!("script-{}.sh", nonce());
+    let script = dir.path().join(&name);
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("writing the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh exists");
+    let script = path_str(&script);
+    let m = Monitor::start(&[]);
+    let pid = run_ok(Command::new(script).arg("s-arg"));
+    let ev = m.wait_for("exec of the script", |e| is_exec_of(e, script));
+    assert_child_exec(&ev, pid, &comm_of(&name));
+    assert_eq!(
+        text(&ev, "executable"),
+        path_str(&sh),
+        "the interpreter runs: {ev}"
+    );
+    assert_eq!(
+        args(&ev),
+        vec!["/bin/sh", script, "s-arg"],
+        "argv as the kernel rewrote it: {ev}"
+    );
+    m.stop().assert_clean();
+}
+
+#[test]
+fn exec_across_mounts() {
+    root_or_skip!("exec_across_mounts");
+    // ext4 (/tmp) -> a tmpfs of ours -> a bind mount of a directory inside it.
+    let dir = TempDir::new("mnt");
+    let outer = dir.path().join("outer");
+    std::fs::create_dir(&outer).expect("mkdir");
+    let _tmpfs = Mount::tmpfs(&outer);
+    let (real, bindpoint) = (outer.join("real"), outer.join("bindpoint"));
+    std::fs::create_dir(&real).expect("mkdir");
+    std::fs::create_dir(&bindpoint).expect("mkdir");
+    let _bind = Mount::bind(&real, &bindpoint);
+    let name = format!("mnt-{}", nonce());
+    let staging = TempDir::new("mnt-src");
+    let src = staging.copy_executable("/usr/bin/true", &name);
+    std::fs::copy(&src, real.join(&name)).expect("copy into the tmpfs");
+    let on_tmpfs = real.join(&name);
+    let via_bind = bindpoint.join(&name);
+    let m = Monitor::start(&[]);
+    for p in [&on_tmpfs, &via_bind] {
+        let p = path_str(p);
+        let pid = run_ok(&mut Command::new(p));
+        let ev = m.wait_for(&format!("exec of {p}"), |e| is_exec_of(e, p));
+        assert_child_exec(&ev, pid, &comm_of(&name));
+        assert_eq!(
+            text(&ev, "executable"),
+            p,
+            "the path through the mounts it was run from: {ev}"
+        );
+        assert!(flags(&ev).is_empty(), "{ev}");
+    }
+    m.stop().assert_clean();
+}
+
+#[test]
+fn exec_filename_length_limit() {
+    root_or_skip!("exec_filename_length_limit");
+    let dir = TempDir::new("fname");
+    // Pad a subdirectory so that <dir>/<sub>/t255 is exactly 255 bytes.
+    let base = path_str(dir.path()).len() + 1;
+    let sub = dir.path().join("d".repeat(255 - base - 1 - 4));
+    std::fs::create_dir(&sub).expect("mkdir");
+    let src = TempDir::new("fname-src");
+    let true_copy = src.copy_executable("/usr/bin/true", "t");
+    let exact = sub.join("t255");
+    let long = sub.join(format!("t{}", "x".repeat(60)));
+    for p in [&exact, &long] {
+        std::fs::copy(&true_copy, p).expect("copy");
+    }
+    assert_eq!(path_str(&exact).len(), 255);
+    let m = Monitor::start(&[]);
+    for (p, cut) in [(&exact, false), (&long, true)] {
+        let p = path_str(p);
+        let pid = run_ok(&mut Command::new(p));
+        let ev = m.wait_for(&format!("exec of a {}-byte filename", p.len()), |e| {
+            e["event"] == "exec" && num(e, "pid") == u64::from(pid)
+        });
+        let shown = if cut { &p[..255] } else { p };
+        assert_eq!(text(&ev, "filename"), shown, "{ev}");
+        assert_eq!(
+            flags(&ev).contains(&"filename_truncated".to_owned()),
+            cut,
+            "{ev}"
+        );
+        assert_eq!(
+            text(&ev, "executable"),
+            p,
+            "the resolved path is not cut: {ev}"
+        );
+    }
+    m.stop().assert_clean();
+}
+
+#[test]
+fn exec_path_limits() {
+    root_or_skip!("exec_path_limits");
+    let dir = TempDir::new("deep");
+    let src = TempDir::new("deep-src");
+    let name = format!("deep-{}", nonce());
+    let true_copy = src.copy_executable("/usr/bin/true", &name);
+    // 45 components: more than the 40 walked. 3 components of 200 bytes: more than 512 bytes.
+    let mut deep = dir.path().to_path_buf();
+    for _ in 0..45 {
+        deep.push("d");
+    }
+    let mut wide = dir.path().to_path_buf();
+    for c in ["a", "b", "c"] {
+        wide.push(c.repeat(200));
+    }
+    for d in [&deep, &wide] {
+        std::fs::create_dir_all(d).expect("mkdir -p");
+        std::fs::copy(&true_copy, d.join(&name)).expect("copy");
+    }
+    let m = Monitor::start(&[]);
+    for (d, what) in [(&deep, "45 levels deep"), (&wide, "longer than 512 bytes")] {
+        let p = d.join(&name);
+        let pid = run_ok(&mut Command::new(&p));
+        let ev = m.wait_for(what, |e| {
+            e["event"] == "exec" && num(e, "pid") == u64::from(pid)
+        });
+        let exe = text(&ev, "executable");
+        assert!(
+            flags(&ev).contains(&"path_truncated".to_owned()),
+            "{what}: {ev}"
+        );
+        // The leaf side is kept, and what is shown is a true suffix of the real path.
+        assert!(
+            path_str(&p).ends_with(exe.trim_start_matches('/')),
+            "{what}: {exe} is not a suffix of the path"
+        );
+        assert!(exe.ends_with(&format!("/{name}")), "{what}: {ev}");
+        assert!(
+            exe.len() > name.len() + 1,
+            "{what}: some directories are kept: {ev}"
+        );
+    }
+    m.stop().assert_clean();
+}
+
+#[test]
+fn exec_from_a_second_thread() {
+    root_or_skip!("exec_from_a_second_thread");
+    let marker = format!("thr-{}", nonce());
+    let m = Monitor::start(&[]);
+    let run = helper(&["thread-exec", "/usr/bin/true", "true", &marker]);
+    run.assert_success();
+    let leader: u64 = run.num("leader");
+    assert_eq!(leader, u64::from(run.pid));
+    let ev = m.wait_for("exec from a thread", |e| {
+        e["event"] == "exec" && e["args"][1] == marker.as_str()
+    });
+    // The kernel turns the exec'ing thread into the group leader before the event.
+    assert_eq!((num(&ev, "pid"), num(&ev, "tid")), (leader, leader), "{ev}");
+    assert_eq!(num(&ev, "ppid"), u64::from(std::process::id()), "{ev}");
+    assert_eq!(text(&ev, "executable"), "/usr/bin/true", "{ev}");
+    m.stop().assert_clean();
+}
+
+#[test]
+fn threads_are_neither_forks_nor_exits() {
+    root_or_skip!("threads_are_neither_forks_nor_exits");
+    let m = Monitor::start(&[]);
+    let run = helper(&["threads", "4", "5"]);
+    assert_eq!(run.status.code(), Some(5), "{run:?}");
+    assert_eq!(run.num::<u32>("threads"), 4);
+    let pid = u64::from(run.pid);
+    let exit = m.wait_for("the helper's exit", |e| {
+        e["event"] == "exit" && num(e, "pid") == pid
+    });
+    assert_eq!(
+        num(&exit, "exit_code"),
+        5 << 8,
+        "exit(5) from a secondary thread: {exit}"
+    );
+    let stopped = m.stop();
+    stopped.assert_clean();
+    let forks: Vec<&Value> = stopped
+        .of_kind("fork")
+        .filter(|e| num(e, "pid") == pid)
+        .collect();
+    assert!(forks.is_empty(), "threads reported as forks: {forks:?}");
+    assert_eq!(
+        stopped
+            .of_kind("exit")
+            .filter(|e| num(e, "pid") == pid)
+            .count(),
+        1,
+        "one exit per process"
+    );
+}
+
+#[test]
+fn exec_of_an_unlinked_file_is_marked() {
+    root_or_skip!("exec_of_an_unlinked_file_is_marked");
+    let dir = TempDir::new("unlinked");
+    let name = format!("gone-{}", nonce());
+    let exe = dir.copy_executable("/usr/bin/true", &name);
+    let m = Monitor::start(&[]);
+    let run = helper(&["exec-deleted", path_str(&exe), "gone", "arg"]);
+    run.assert_success();
+    let child: u64 = run.num("child");
+    let ev = m.wait_for("exec of the unlinked file", |e| {
+        e["event"] == "exec" && num(e, "pid") == child
+    });
+    assert_eq!(
+        text(&ev, "filename"),
+        format!("/dev/fd/{}", run.get("fd")),
+        "{ev}"
+    );
+    assert_eq!(args(&ev), vec!["gone", "arg"], "{ev}");
+    assert!(!exe.exists(), "the file is gone while it runs");
+    // /proc/PID/exe says "(deleted)"; rmm-common documents PATH_DETACHED for "an unlinked
+    // file". An exec of a file that no longer exists must not look like a file on disk.
+    let exe_shown = text(&ev, "executable");
+    let marked = flags(&ev)
+        .iter()
+        .any(|f| f == "path_detached" || f.contains("deleted"))
+        || exe_shown.ends_with(" (deleted)");
+    assert!(
+        marked,
+        "the exec of an unlinked file shows as {exe_shown:?} with flags {:?}: {ev}",
+        flags(&ev)
+    );
     m.stop().assert_clean();
 }
