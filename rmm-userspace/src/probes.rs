@@ -156,7 +156,9 @@ pub struct Loaded {
     pub offsets_ok: bool,
 }
 
-pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
+/// Checks privileges and tracefs, reads the kernel offsets, and loads the object (maps
+/// created, globals set; programs not yet verified). Returns whether offsets were found.
+pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     if OBJECT.is_empty() {
         bail!(
             "this rmm-monitor binary was built without its eBPF object; build it with \
@@ -183,14 +185,31 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         wakeup_bytes: opts.wakeup_bytes,
     };
 
-    let mut ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
         .map_max_entries(NET_RING, check_ring_size(opts.net_ring_bytes)?)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .load(OBJECT)
         .map_err(|e| permission_hint(anyhow::Error::new(e).context("loading the eBPF object")))?;
+    Ok((ebpf, offsets_ok))
+}
 
+/// Every program in the object, in attach order.
+pub const PROGRAMS: &[&str] = &[
+    "sched_process_exec",
+    "task_newtask",
+    "sched_process_exit",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "cgroup_connect4",
+    "cgroup_connect6",
+    "dns_egress",
+    "dns_ingress",
+];
+
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
+    let (mut ebpf, offsets_ok) = load_object(opts)?;
     // cgroup programs are attached as BPF links (kernel >= 5.7): a link never replaces other
     // programs on the cgroup, and the kernel refuses attach flags on links, hence `Single`.
     let mut attached = Vec::new();

@@ -1,0 +1,43 @@
+//! Every eBPF program in the embedded object passes this kernel's verifier (root only; run by
+//! `cargo xtask test`, which builds the object first).
+
+use aya::programs::{CgroupSkb, CgroupSockAddr, TracePoint};
+use rmm_userspace::probes::{self, LoadOptions, PROGRAMS};
+
+#[test]
+fn every_program_passes_the_verifier() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: loading BPF programs needs root (run `cargo xtask test`)");
+        return;
+    }
+    let opts = LoadOptions {
+        proc_ring_bytes: 1 << 16,
+        net_ring_bytes: 1 << 16,
+        wakeup_bytes: 0,
+    };
+    let (mut ebpf, offsets_ok) = probes::load_object(&opts).expect("object loads (maps, globals)");
+    assert!(offsets_ok, "kernel offsets from BTF");
+    for name in PROGRAMS {
+        let prog = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("program {name} in the object"));
+        let result = if let Ok(p) = <&mut TracePoint>::try_from(&mut *prog) {
+            p.load()
+        } else if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *prog) {
+            p.load()
+        } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
+            p.load()
+        } else {
+            panic!("program {name} has an unexpected type");
+        };
+        if let Err(e) = result {
+            panic!("program {name} refused: {e:#}");
+        }
+    }
+    assert_eq!(
+        ebpf.programs().count(),
+        PROGRAMS.len(),
+        "every program in the object is attached by the daemon"
+    );
+}
