@@ -121,7 +121,8 @@ impl Ctx {
 
     /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU.
     fn storm(&self, wl: Workload, n: u64) -> Result<StormResult> {
-        match wl {
+        let busy0 = sys::machine_busy_s();
+        let mut res = match wl {
             Workload::Exec => storm::exec(n, &self.exec_prog, &self.nonce),
             Workload::Connect => storm::connect(n, self.port_base),
             Workload::Dns | Workload::DnsMmsg => {
@@ -132,7 +133,13 @@ impl Ctx {
                     storm::dns_mmsg(n, DNS_SERVER, &self.nonce)
                 }
             }
+        }?;
+        if let (Some(b0), Some(b1)) = (busy0, sys::machine_busy_s())
+            && res.elapsed_s > 0.0
+        {
+            res.busy_cpus = Some((b1 - b0) / res.elapsed_s);
         }
+        Ok(res)
     }
 }
 
@@ -314,7 +321,16 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
                 sys::sleep_s(0.5)?;
             } else {
                 match monitored(ctx, wl, r) {
-                    Ok(m) => round.monitored = Some(m),
+                    Ok(m) => {
+                        if let Some(log) = m
+                            .stop
+                            .as_ref()
+                            .and_then(|s| s.exited_before_sigterm.as_ref())
+                        {
+                            round.error = Some(format!("the daemon exited before SIGTERM: {log}"));
+                        }
+                        round.monitored = Some(m);
+                    }
                     Err(e) => {
                         sys::check_stop()?;
                         eprintln!("bench: [{}] round {r}: {e:#}", wl.name());
@@ -385,13 +401,16 @@ fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
         DRAIN_TIMEOUT_S,
     )?);
     let after = daemon.snapshot();
-    m.cpu_s = Some(after.sched_cpu_s - m.snap_before.sched_cpu_s);
-    m.cpu_stat_s = Some(after.stat_cpu_s - m.snap_before.stat_cpu_s);
+    if after.threads > 0 {
+        m.cpu_s = Some(after.sched_cpu_s - m.snap_before.sched_cpu_s);
+        m.cpu_stat_s = Some(after.stat_cpu_s - m.snap_before.stat_cpu_s);
+    }
     m.snap_after = Some(after);
     if wl == Workload::Exec && round == ctx.rounds && ctx.lat_samples > 0 {
         eprintln!(
-            "bench: [exec] latency: {} probes, {LAT_INTERVAL_S} s apart",
-            ctx.lat_samples
+            "bench: [exec] latency: {} single execs, {LAT_INTERVAL_S}-{} s apart",
+            ctx.lat_samples,
+            LAT_INTERVAL_S * 1.5
         );
         m.latency_ms = Some(monitor::exec_latency(
             &daemon.stdout,

@@ -24,6 +24,8 @@ pub struct Daemon {
     pub stderr: PathBuf,
     /// Seconds from spawn to the `ready` line.
     pub ready_s: f64,
+    /// It had exited before it was told to stop.
+    died_early: bool,
 }
 
 const READY_TIMEOUT_S: f64 = 60.0;
@@ -75,6 +77,7 @@ impl Daemon {
             stdout,
             stderr,
             ready_s: 0.0,
+            died_early: false,
         };
         loop {
             let log = std::fs::read_to_string(&d.stderr).unwrap_or_default();
@@ -129,6 +132,7 @@ impl Daemon {
             .map(str::to_string)
             .collect();
         Ok(StopReport {
+            exited_before_sigterm: self.died_early.then(|| tail(&log, 600)),
             exit: status.map(|s| s.to_string()),
             stop_s: sys::now_s() - t0,
             final_stats,
@@ -179,6 +183,8 @@ fn tail(s: &str, n: usize) -> String {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StopReport {
+    /// The end of its stderr when the daemon had exited before SIGTERM.
+    pub exited_before_sigterm: Option<String>,
     pub exit: Option<String>,
     pub stop_s: f64,
     pub final_stats: Option<serde_json::Value>,

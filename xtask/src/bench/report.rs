@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload};
+use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload, storm::StormResult};
 
 #[derive(Debug, Serialize)]
 pub struct Meta {
@@ -98,6 +98,9 @@ pub struct Summary {
     pub latency: Option<Latency>,
     pub kernel_drops_per_round: Vec<Option<u64>>,
     pub storm_errors: u64,
+    /// Whole-machine busy CPUs during the storms (baseline and monitored), min and max.
+    pub busy_cpus_min: Option<f64>,
+    pub busy_cpus_max: Option<f64>,
     pub drain_s_max: Option<f64>,
     pub drains_not_complete: usize,
     pub failed_rounds: Vec<String>,
@@ -173,6 +176,17 @@ impl WorkloadResult {
                     max_ms: fmax(&seen),
                 }
             });
+        let busy: Vec<f64> = rounds
+            .iter()
+            .flat_map(|r| {
+                [
+                    r.baseline.as_ref(),
+                    r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
+                ]
+            })
+            .flatten()
+            .filter_map(|s| s.busy_cpus)
+            .collect();
         let storm_errors = rounds
             .iter()
             .flat_map(|r| {
@@ -208,6 +222,8 @@ impl WorkloadResult {
                 .map(|m| m.stop.as_ref().and_then(|s| s.kernel_drops_sum))
                 .collect(),
             storm_errors,
+            busy_cpus_min: fmin(&busy),
+            busy_cpus_max: fmax(&busy),
             drain_s_max: fmax(
                 &mons
                     .iter()
@@ -231,12 +247,16 @@ impl WorkloadResult {
 /// One progress line for a finished round.
 pub fn round_line(r: &Round) -> String {
     let mut s = String::new();
+    let busy = |st: &StormResult| {
+        st.busy_cpus
+            .map_or(String::new(), |b| format!(" ({b:.1} CPUs busy)"))
+    };
     if let Some(b) = &r.baseline {
-        let _ = write!(s, "baseline {:.0}/s", b.ops_per_s);
+        let _ = write!(s, "baseline {:.0}/s{}", b.ops_per_s, busy(b));
     }
     if let Some(m) = &r.monitored {
         if let Some(st) = &m.storm {
-            let _ = write!(s, ", with daemon {:.0}/s", st.ops_per_s);
+            let _ = write!(s, ", with daemon {:.0}/s{}", st.ops_per_s, busy(st));
         }
         if let Some(x) = r.ratio {
             let _ = write!(s, ", ratio {x:.3}");
@@ -303,6 +323,7 @@ impl Doc {
         let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
         let mut notes = Vec::new();
         let mut cpu_note: Vec<String> = Vec::new();
+        let mut busy_note: Vec<String> = Vec::new();
         for r in &self.results {
             let s = &r.summary;
             let lost = match (
@@ -374,6 +395,9 @@ impl Doc {
             for e in &s.failed_rounds {
                 notes.push(format!("{w}: failed round: {e}"));
             }
+            if let (Some(lo), Some(hi)) = (s.busy_cpus_min, s.busy_cpus_max) {
+                busy_note.push(format!("{w} {lo:.1}–{hi:.1}"));
+            }
             if let Some(c) = s.cpu_s_median {
                 cpu_note.push(format!("{w} {c:.3} s"));
             }
@@ -382,6 +406,12 @@ impl Doc {
             notes.push(format!(
                 "daemon CPU per storm, storm start to catch-up (median): {}",
                 cpu_note.join(", ")
+            ));
+        }
+        if !busy_note.is_empty() {
+            notes.push(format!(
+                "busy CPUs of the whole machine during the storms, min–max (noise if well above what the storm needs): {}",
+                busy_note.join(", ")
             ));
         }
         let widths: Vec<usize> = (0..head.len())

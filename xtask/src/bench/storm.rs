@@ -39,6 +39,9 @@ pub struct StormResult {
     /// dns, dns-mmsg: answers received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answered: Option<u64>,
+    /// Average number of busy CPUs of the whole machine during the storm (/proc/stat): the
+    /// storm itself, the daemon, and anything else running (a shared machine's noise).
+    pub busy_cpus: Option<f64>,
 }
 
 impl StormResult {
@@ -55,6 +58,33 @@ impl StormResult {
             errors,
             ..Default::default()
         }
+    }
+}
+
+/// The longest one storm may run: past it the storm fails rather than hold up the bench.
+const STORM_LIMIT_S: f64 = 300.0;
+
+/// Checks, in a storm's loop, for a stop signal and (every 128 operations) the time limit.
+struct Limit {
+    deadline: f64,
+    i: u64,
+}
+
+impl Limit {
+    fn new(t0: f64) -> Limit {
+        Limit {
+            deadline: t0 + STORM_LIMIT_S,
+            i: 0,
+        }
+    }
+
+    fn check(&mut self) -> Result<()> {
+        sys::check_stop()?;
+        self.i += 1;
+        if self.i.is_multiple_of(128) && sys::now_s() > self.deadline {
+            bail!("the storm ran past its {STORM_LIMIT_S} s limit");
+        }
+        Ok(())
     }
 }
 
@@ -80,8 +110,9 @@ pub fn exec(n: u64, prog: &Path, nonce: &str) -> Result<StormResult> {
         .collect::<Result<Vec<_>>>()?;
     let mut errors = 0;
     let t0 = sys::now_s();
+    let mut limit = Limit::new(t0);
     for m in &markers {
-        sys::check_stop()?;
+        limit.check()?;
         let argv: [*const c_char; 3] = [path.as_ptr(), m.as_ptr(), std::ptr::null()];
         match sys::fork_exec(&path, &argv, None) {
             Ok(pid) => match sys::wait_pid(pid) {
@@ -114,8 +145,9 @@ pub fn connect(n: u64, base: u16) -> Result<StormResult> {
     }
     let (mut refused, mut accepted, mut unexpected, mut errors) = (0, 0, 0, 0);
     let t0 = sys::now_s();
+    let mut limit = Limit::new(t0);
     for i in 0..n {
-        sys::check_stop()?;
+        limit.check()?;
         let r = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(i)));
         if i % 2 == 1 {
             match r {
@@ -233,10 +265,11 @@ fn wait_answer(fd: RawFd, ids: &[u16]) -> Option<u16> {
     None
 }
 
-/// Fails fast when the first few queries get no answer: the responder is not there.
+/// Fails fast when the first few queries get no answer (the responder is not there), or when
+/// 20 in a row get none (it has stopped): each costs a 1 s timeout.
 fn no_responder(answered: u64, consecutive_fail: u32, server: SocketAddrV4) -> Result<()> {
-    if answered == 0 && consecutive_fail >= 3 {
-        bail!("no answer from the DNS responder on {server}");
+    if (answered == 0 && consecutive_fail >= 3) || consecutive_fail >= 20 {
+        bail!("no answer from the DNS responder on {server} ({consecutive_fail} queries in a row)");
     }
     Ok(())
 }
@@ -257,8 +290,9 @@ pub fn dns_sendto(n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResu
     let fd = sock.as_raw_fd();
     let (mut errors, mut answered, mut consecutive_fail) = (0u64, 0u64, 0u32);
     let t0 = sys::now_s();
+    let mut limit = Limit::new(t0);
     for (id, q) in &queries {
-        sys::check_stop()?;
+        limit.check()?;
         // SAFETY: q and sa are valid for the lengths given.
         let sent = unsafe {
             libc::sendto(
@@ -311,8 +345,9 @@ pub fn dns_mmsg(n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResult
     let sa = sockaddr(server);
     let (mut errors, mut answered, mut consecutive_fail) = (0u64, 0u64, 0u32);
     let t0 = sys::now_s();
+    let mut limit = Limit::new(t0);
     for pair in &lookups {
-        sys::check_stop()?;
+        limit.check()?;
         let Ok(sock) = udp_socket(libc::SOCK_NONBLOCK) else {
             errors += 2;
             continue;

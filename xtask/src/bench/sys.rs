@@ -272,6 +272,21 @@ pub fn clock_ticks_per_s() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
+/// Non-idle CPU time of the whole machine so far, in seconds summed over CPUs (/proc/stat:
+/// user, nice, system, irq, softirq, steal).
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy = f.get(0..3)?.iter().sum::<u64>() + f.get(5..8)?.iter().sum::<u64>();
+    Some(busy as f64 / clock_ticks_per_s())
+}
+
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
