@@ -81,27 +81,72 @@ pub fn gettid() -> u32 {
     u32::try_from(unsafe { libc::gettid() }).expect("tids are positive")
 }
 
-/// The cgroup v2 id of this process: the inode number of its cgroup directory, which is
-/// what `bpf_get_current_cgroup_id` returns.
-pub fn own_cgroup_id() -> u64 {
+/// Where the cgroup v2 hierarchy is mounted (on hybrid layouts, `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
-    let root = mounts
+    mounts
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
         })
         .min_by_key(|p| p.as_os_str().len())
-        .expect("a cgroup2 file system is mounted");
+        .expect("a cgroup2 file system is mounted")
+}
+
+/// The cgroup v2 id of this process: the inode number of its cgroup directory, which is
+/// what `bpf_get_current_cgroup_id` returns.
+pub fn own_cgroup_id() -> u64 {
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("reading /proc/self/cgroup");
     let rel = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("/proc/self/cgroup has a cgroup v2 line");
-    let dir = root.join(rel.trim_start_matches('/'));
+    let dir = cgroup2_root().join(rel.trim_start_matches('/'));
     std::fs::metadata(&dir)
         .unwrap_or_else(|e| panic!("stat {}: {e}", dir.display()))
         .ino()
+}
+
+/// A child cgroup of the cgroup v2 root, removed on drop (once its processes are gone).
+pub struct Cgroup(PathBuf);
+
+impl Cgroup {
+    pub fn new() -> Cgroup {
+        let dir = cgroup2_root().join(format!("rmm-e2e-{}", nonce()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Its id, as `bpf_get_current_cgroup_id` reports it for its members.
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.0)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", self.0.display()))
+            .ino()
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Cgroup::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // A process that just exited may still be counted for a moment.
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("could not remove cgroup {}", self.0.display());
+    }
 }
 
 /// A directory under /tmp removed on drop.
@@ -141,17 +186,17 @@ pub struct Mount(PathBuf);
 impl Mount {
     /// A fresh tmpfs on `target` (an existing directory).
     pub fn tmpfs(target: &Path) -> Mount {
-        Mount::mount(c"tmpfs", target, c"tmpfs", 0)
+        Mount::new(c"tmpfs", target, c"tmpfs", 0)
     }
 
     /// `src` bind-mounted on `target`.
     pub fn bind(src: &Path, target: &Path) -> Mount {
         let src =
             std::ffi::CString::new(src.as_os_str().as_encoded_bytes()).expect("no NUL in paths");
-        Mount::mount(&src, target, c"none", libc::MS_BIND)
+        Mount::new(&src, target, c"none", libc::MS_BIND)
     }
 
-    fn mount(
+    fn new(
         src: &std::ffi::CStr,
         target: &Path,
         fstype: &std::ffi::CStr,

@@ -22,10 +22,25 @@ type Res<T> = Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: rmm-probe-helper COMMAND ARGS.. (see the source for the list)");
+        eprintln!(
+            "usage: rmm-probe-helper [in-cgroup DIR] COMMAND ARGS.. (see the source for the list)"
+        );
         return ExitCode::from(2);
     };
-    let result = match cmd.as_str() {
+    let result = dispatch(cmd, rest);
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmm-probe-helper {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
+    match cmd {
+        "in-cgroup" => cmd_in_cgroup(rest),
         "exit" => cmd_exit(rest),
         "exit-signal" => cmd_exit_signal(rest),
         "execveat" => cmd_execveat(rest),
@@ -44,15 +59,20 @@ fn main() -> ExitCode {
         "getaddrinfo" => cmd_getaddrinfo(rest),
         "raw-udp" => cmd_raw_udp(rest),
         other => Err(format!("unknown command {other:?}")),
-    };
-    let _ = std::io::stdout().flush();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rmm-probe-helper {cmd}: {e}");
-            ExitCode::FAILURE
-        }
     }
+}
+
+/// `in-cgroup DIR COMMAND ARGS..`: moves the helper into the cgroup v2 directory DIR, then
+/// runs COMMAND.
+fn cmd_in_cgroup(rest: &[String]) -> Res<()> {
+    let dir = arg(rest, 0, "DIR")?;
+    let cmd = arg(rest, 1, "COMMAND")?;
+    std::fs::write(
+        format!("{dir}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .map_err(|e| format!("joining cgroup {dir}: {e}"))?;
+    dispatch(cmd, &rest[2..])
 }
 
 fn errno() -> i32 {

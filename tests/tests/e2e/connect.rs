@@ -3,7 +3,9 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use rmm_tests::{HelperRun, Monitor, Stopped, Value, int, num, own_cgroup_id, text};
+use rmm_tests::{
+    Cgroup, HelperRun, Monitor, Stopped, Value, gettid, int, num, own_cgroup_id, text,
+};
 
 use crate::{helper, helper_comm, root_or_skip};
 
@@ -139,6 +141,21 @@ fn tcp_connect_accepted() {
         assert_eq!(int(&ev, "ret"), 0, "{ev}");
         runs.push(run);
     }
+    // From this test's own thread: pid is the process, tid the thread.
+    let port = v4.local_addr().expect("addr").port();
+    let stream = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("connecting in-process");
+    let (pid, tid) = (u64::from(std::process::id()), u64::from(gettid()));
+    let ev = m.wait_for("the in-process connect", |e| {
+        e["event"] == "connect" && num(e, "pid") == pid && num(e, "dport") == u64::from(port)
+    });
+    assert_eq!(num(&ev, "tid"), tid, "the connecting thread: {ev}");
+    assert_eq!(
+        (text(&ev, "result"), int(&ev, "ret")),
+        ("success", 0),
+        "{ev}"
+    );
+    drop(stream);
     let stopped = m.stop();
     stopped.assert_clean();
     assert_one_connect_each(&stopped, &runs.iter().collect::<Vec<_>>());
@@ -236,4 +253,36 @@ fn tcp_fast_open_is_seen_by_the_cgroup_hook() {
     let stopped = m.stop();
     stopped.assert_clean();
     assert_one_connect_each(&stopped, &[&run]);
+}
+
+#[test]
+fn connect_and_dns_from_a_child_cgroup() {
+    root_or_skip!("connect_and_dns_from_a_child_cgroup");
+    // The hooks sit on the cgroup v2 root; services live in cgroups below it.
+    let cg = Cgroup::new();
+    let dir = cg.path().to_str().expect("UTF-8").to_owned();
+    let port = closed_port("127.0.0.1");
+    let name = format!("cg-{}.rmm-e2e.test", rmm_tests::nonce());
+    let m = Monitor::start(&[]);
+    let conn = helper(&["in-cgroup", &dir, "connect", "127.0.0.1", &port.to_string()]);
+    conn.assert_success();
+    let dns = helper(&["in-cgroup", &dir, "dns-sendto", "127.0.0.1", &name, "A"]);
+    dns.assert_success();
+    let (cpid, dpid) = (u64::from(conn.pid), u64::from(dns.pid));
+    let c = m.wait_for("the connect from the child cgroup", |e| {
+        e["event"] == "connect" && num(e, "pid") == cpid
+    });
+    assert_eq!(num(&c, "cgroup_id"), cg.id(), "{c}");
+    assert_eq!(
+        (text(&c, "protocol"), text(&c, "result")),
+        ("tcp", "refused"),
+        "the cgroup hook ran too: {c}"
+    );
+    let d = m.wait_for("the DNS query from the child cgroup", |e| {
+        e["event"] == "dns" && num(e, "pid") == dpid
+    });
+    assert_eq!(num(&d, "cgroup_id"), cg.id(), "{d}");
+    assert_eq!(text(&d, "qname"), name, "{d}");
+    assert_eq!(num(&d, "txid"), dns.num::<u64>("txid"), "{d}");
+    m.stop().assert_clean();
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use rmm_tests::{
     HelperRun, Monitor, Value,
     dnswire::{self, TYPE_A, TYPE_AAAA, type_name},
-    nonce, num, own_cgroup_id,
+    gettid, nonce, num, own_cgroup_id,
     responder::{Received, Responder},
     text,
 };
@@ -120,13 +120,47 @@ fn dns_getaddrinfo_through_glibc() {
 fn dns_sendto_unconnected() {
     root_or_skip!("dns_sendto_unconnected");
     let m = Monitor::start(&[]);
-    let name = unique_name("sendto");
+    // Mixed case is kept as sent.
+    let name = unique_name("SendTo-MiXeD");
     let run = helper(&["dns-sendto", "127.0.0.1", &name, "TXT"]);
     run.assert_success();
     let ev = &dns_events(&m, &run, 1)[0];
     assert_query(ev, &run, "127.0.0.1", &name, "TXT");
     assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
     assert_eq!(num(ev, "sport"), run.num::<u64>("sport"), "{ev}");
+
+    // Two questions in one query: the first is reported, with the count.
+    let (first, second) = (unique_name("first"), unique_name("second"));
+    let mut two = dnswire::query(0x4242, &first, TYPE_A, 0);
+    let q2 = dnswire::query(0, &second, TYPE_AAAA, 0);
+    two.extend_from_slice(&q2[12..]);
+    two[5] = 2;
+    let raw = helper(&["raw-udp", "127.0.0.1", "53", &dnswire::to_hex(&two)]);
+    raw.assert_success();
+    let ev = &dns_events(&m, &raw, 1)[0];
+    assert_eq!(
+        (text(ev, "qname"), text(ev, "qtype"), num(ev, "qcount")),
+        (first.as_str(), "A", 2),
+        "{ev}"
+    );
+    assert_eq!(num(ev, "txid"), 0x4242, "{ev}");
+
+    // From this test's own thread, with std's UdpSocket.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket");
+    let own = unique_name("in-process");
+    let to = SocketAddr::from(([127, 0, 0, 1], 53));
+    sock.send_to(&dnswire::query(7, &own, TYPE_A, 0), to)
+        .expect("send_to");
+    let (pid, tid) = (u64::from(std::process::id()), u64::from(gettid()));
+    let ev = m.wait_for("the in-process query", |e| {
+        e["event"] == "dns" && e["qname"] == own.as_str()
+    });
+    assert_eq!((num(&ev, "pid"), num(&ev, "tid")), (pid, tid), "{ev}");
+    assert_eq!(
+        num(&ev, "sport"),
+        u64::from(sock.local_addr().expect("addr").port()),
+        "{ev}"
+    );
     m.stop().assert_clean();
 }
 
