@@ -408,9 +408,10 @@ fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
     m.snap_after = Some(after);
     if wl == Workload::Exec && round == ctx.rounds && ctx.lat_samples > 0 {
         eprintln!(
-            "bench: [exec] latency: {} single execs, {LAT_INTERVAL_S}-{} s apart",
+            "bench: [exec] latency: {} single execs, {:.0}-{:.0} ms apart",
             ctx.lat_samples,
-            LAT_INTERVAL_S * 1.5
+            LAT_INTERVAL_S * 1000.0,
+            LAT_INTERVAL_S * 1500.0
         );
         m.latency_ms = Some(monitor::exec_latency(
             &daemon.stdout,

@@ -454,6 +454,12 @@ impl Doc {
                 let _ = writeln!(out, "|{}|", rule.join("|"));
             }
         }
+        notes.push(
+            "events = storm operations issued, one marked event each (an exec also makes a fork and an exit event); \
+             lost = issued − unique markers in the daemon's output; daemon CPU = schedstat of its threads from just \
+             before the storm until it caught up; the method of each number is in meta.method of the JSON"
+                .into(),
+        );
         if !notes.is_empty() {
             let _ = writeln!(out);
             for n in notes {
