@@ -530,6 +530,13 @@ fn threads_are_neither_forks_nor_exits() {
     );
     let stopped = m.stop();
     stopped.assert_clean();
+    let me = u64::from(std::process::id());
+    assert!(
+        stopped
+            .of_kind("fork")
+            .any(|e| num(e, "pid") == me && num(e, "child_pid") == pid),
+        "the helper's own fork is reported"
+    );
     let forks: Vec<&Value> = stopped
         .of_kind("fork")
         .filter(|e| num(e, "pid") == pid)

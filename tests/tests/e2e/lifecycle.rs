@@ -104,14 +104,23 @@ fn sigint_gives_exit_0_and_final_stats() {
 #[test]
 fn stop_drains_events_still_in_the_ring() {
     root_or_skip!("stop_drains_events_still_in_the_ring");
-    // No wakeup below 256 KiB and a 10 s poll: the records sit in the ring until the stop.
-    let m = Monitor::start(&["--poll-ms", "10000", "--wakeup-bytes", "262144"]);
+    // A wakeup threshold larger than the ring (never reached, whatever else runs on the
+    // machine) and a 10 s poll: the records sit in the ring until the stop.
+    let m = Monitor::start(&["--poll-ms", "10000", "--wakeup-bytes", "1099511627776"]);
     let marker = format!("drain-{}", nonce());
     let run = helper(&["exit", "0", &marker]);
     run.assert_success();
+    let pid = u64::from(run.pid);
+    // Documented behaviour: below the wakeup threshold nothing is read before the next poll.
+    let early = m.try_wait_for(std::time::Duration::from_millis(500), |e| {
+        e["event"] == "exec" && num(e, "pid") == pid
+    });
+    assert!(
+        early.is_none(),
+        "read before the 10 s poll although below the wakeup threshold: {early:?}"
+    );
     let stopped = m.stop();
     stopped.assert_clean();
-    let pid = u64::from(run.pid);
     let exec = stopped
         .of_kind("exec")
         .find(|e| num(e, "pid") == pid)
@@ -275,8 +284,22 @@ fn full_ring_buffers_are_survived_and_counted() {
         })
         .is_some()
     });
-    assert!(alive, "no connect event came through after the bursts");
+    let printed_before_stop = m.events().len();
     let stopped = m.stop();
+    assert!(
+        alive,
+        "no connect event came through after the bursts ({printed_before_stop} events printed \
+         before the stop, {} after); final stats {}; loss reports:\n{}",
+        stopped.events.len(),
+        stopped.final_stats(),
+        stopped
+            .stderr
+            .iter()
+            .filter(|l| l.contains("dropped"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     stopped.assert_clean();
     for (what, seen, dropped, issued) in [
         (
