@@ -259,7 +259,8 @@ impl ProcSnap {
 /// The fields of a daemon JSON line that the counting needs.
 #[derive(Deserialize)]
 struct Line<'a> {
-    #[serde(borrow)]
+    /// Absent on alert lines, which share stdout by default.
+    #[serde(default, borrow)]
     event: Cow<'a, str>,
     #[serde(default, borrow)]
     args: Vec<Cow<'a, str>>,
