@@ -56,6 +56,7 @@ fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
         "dns-connected-send" => cmd_dns_connected_send(rest),
         "dns-sendmmsg" => cmd_dns_sendmmsg(rest),
         "dns-burst" => cmd_dns_burst(rest),
+        "dns-raw-socket" => cmd_dns_raw_socket(rest),
         "getaddrinfo" => cmd_getaddrinfo(rest),
         "raw-udp" => cmd_raw_udp(rest),
         other => Err(format!("unknown command {other:?}")),
@@ -185,13 +186,17 @@ struct Sock(c_int);
 
 impl Sock {
     fn new(ip: IpAddr, ty: c_int) -> Res<Sock> {
+        Sock::with_protocol(ip, ty, 0)
+    }
+
+    fn with_protocol(ip: IpAddr, ty: c_int, protocol: c_int) -> Res<Sock> {
         let family = if ip.is_ipv4() {
             libc::AF_INET
         } else {
             libc::AF_INET6
         };
         // SAFETY: plain syscall.
-        let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(os_err("socket"));
         }
@@ -601,6 +606,30 @@ fn cmd_dns_burst(rest: &[String]) -> Res<()> {
         )?;
     }
     println!("sent={n}");
+    Ok(())
+}
+
+/// `dns-raw-socket ADDR NAME SPORT`: an A query in a UDP header written by hand, sent on a
+/// SOCK_RAW/IPPROTO_UDP socket (IPv4; the kernel adds the IP header). Prints `txid`.
+fn cmd_dns_raw_socket(rest: &[String]) -> Res<()> {
+    let ip = loopback(arg(rest, 0, "ADDR")?)?;
+    if !ip.is_ipv4() {
+        return Err("IPv4 only".into());
+    }
+    let name = arg(rest, 1, "NAME")?;
+    let sport = port(arg(rest, 2, "SPORT")?)?;
+    let txid = random_u16();
+    let q = dnswire::query(txid, name, dnswire::TYPE_A, 0);
+    let len = u16::try_from(8 + q.len()).map_err(|_| "query too long")?;
+    let mut dgram = Vec::with_capacity(usize::from(len));
+    dgram.extend_from_slice(&sport.to_be_bytes());
+    dgram.extend_from_slice(&53u16.to_be_bytes());
+    dgram.extend_from_slice(&len.to_be_bytes());
+    dgram.extend_from_slice(&[0, 0]); // no checksum (allowed over IPv4)
+    dgram.extend_from_slice(&q);
+    let s = Sock::with_protocol(ip, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    s.sendto(&dgram, SocketAddr::new(ip, 0))?;
+    println!("txid={txid}");
     Ok(())
 }
 

@@ -165,6 +165,21 @@ fn dns_sendto_unconnected() {
 }
 
 #[test]
+fn dns_from_a_raw_socket() {
+    root_or_skip!("dns_from_a_raw_socket");
+    // A UDP header written by the sender itself: the egress hook sees the packet anyway.
+    let m = Monitor::start(&[]);
+    let name = unique_name("raw");
+    let run = helper(&["dns-raw-socket", "127.0.0.1", &name, "5353"]);
+    run.assert_success();
+    let ev = &dns_events(&m, &run, 1)[0];
+    assert_query(ev, &run, "127.0.0.1", &name, "A");
+    assert_eq!(num(ev, "sport"), 5353, "the hand-written source port: {ev}");
+    assert_eq!(num(ev, "txid"), run.num::<u64>("txid"), "{ev}");
+    m.stop().assert_clean();
+}
+
+#[test]
 fn dns_oversized_query_is_truncated_but_parsed() {
     root_or_skip!("dns_oversized_query_is_truncated_but_parsed");
     let m = Monitor::start(&[]);

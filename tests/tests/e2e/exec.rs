@@ -386,14 +386,21 @@ fn exec_across_mounts() {
     std::fs::create_dir(&real).expect("mkdir");
     std::fs::create_dir(&bindpoint).expect("mkdir");
     let _bind = Mount::bind(&real, &bindpoint);
+    // A second tmpfs stacked on a first one: the lower mount's root is the upper's mountpoint.
+    let stacked = outer.join("stacked");
+    std::fs::create_dir(&stacked).expect("mkdir");
+    let _lower = Mount::tmpfs(&stacked);
+    let _upper = Mount::tmpfs(&stacked);
     let name = format!("mnt-{}", nonce());
     let staging = TempDir::new("mnt-src");
     let src = staging.copy_executable("/usr/bin/true", &name);
     std::fs::copy(&src, real.join(&name)).expect("copy into the tmpfs");
+    std::fs::copy(&src, stacked.join(&name)).expect("copy into the stacked tmpfs");
     let on_tmpfs = real.join(&name);
     let via_bind = bindpoint.join(&name);
+    let on_stacked = stacked.join(&name);
     let m = Monitor::start(&[]);
-    for p in [&on_tmpfs, &via_bind] {
+    for p in [&on_tmpfs, &via_bind, &on_stacked] {
         let p = path_str(p);
         let pid = run_ok(&mut Command::new(p));
         let ev = m.wait_for(&format!("exec of {p}"), |e| is_exec_of(e, p));
