@@ -119,8 +119,10 @@ impl Ctx {
         }
     }
 
-    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU.
-    fn storm(&self, wl: Workload, n: u64) -> Result<StormResult> {
+    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU. `daemon`: the pid
+    /// of the daemon under test, not to be listed among other tracers.
+    fn storm(&self, wl: Workload, n: u64, daemon: Option<i32>) -> Result<StormResult> {
+        let others = monitor::other_tracers(daemon.as_slice());
         let busy0 = sys::machine_busy_s();
         let mut res = match wl {
             Workload::Exec => storm::exec(n, &self.exec_prog, &self.nonce),
@@ -139,6 +141,7 @@ impl Ctx {
         {
             res.busy_cpus = Some((b1 - b0) / res.elapsed_s);
         }
+        res.other_tracers = others;
         Ok(res)
     }
 }
@@ -193,7 +196,6 @@ pub struct Round {
     pub ratio: Option<f64>,
     pub error: Option<String>,
     pub loadavg: Option<String>,
-    pub other_tracers: Vec<String>,
 }
 
 pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
@@ -287,7 +289,7 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
         None
     };
     let warm = ctx
-        .storm(wl, (n / 10).max(1))
+        .storm(wl, (n / 10).max(1), None)
         .with_context(|| format!("warm-up {} storm", wl.name()))?;
     if warm.errors > 0 {
         eprintln!(
@@ -310,12 +312,11 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .ok()
                 .map(|s| s.trim().to_string()),
-            other_tracers: monitor::other_tracers(&[]),
         };
         for phase in order.chars() {
             if phase == 'B' {
                 round.baseline = Some(
-                    ctx.storm(wl, n)
+                    ctx.storm(wl, n, None)
                         .with_context(|| format!("{} storm", wl.name()))?,
                 );
                 sys::sleep_s(0.5)?;
@@ -391,7 +392,7 @@ fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
         latency_ms: None,
     };
     let storm = ctx
-        .storm(wl, n)
+        .storm(wl, n, Some(daemon.pid))
         .with_context(|| format!("{} storm with the daemon", wl.name()))?;
     m.storm = Some(storm);
     m.drain = Some(monitor::drain(

@@ -104,6 +104,9 @@ pub struct Summary {
     pub drain_s_max: Option<f64>,
     pub drains_not_complete: usize,
     pub failed_rounds: Vec<String>,
+    /// Other monitors or tracers (by comm) running at the start of some round: their probes
+    /// fire on the storms too, on both sides, and their CPU use is noise.
+    pub other_tracers_seen: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,28 +179,8 @@ impl WorkloadResult {
                     max_ms: fmax(&seen),
                 }
             });
-        let busy: Vec<f64> = rounds
-            .iter()
-            .flat_map(|r| {
-                [
-                    r.baseline.as_ref(),
-                    r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
-                ]
-            })
-            .flatten()
-            .filter_map(|s| s.busy_cpus)
-            .collect();
-        let storm_errors = rounds
-            .iter()
-            .flat_map(|r| {
-                [
-                    r.baseline.as_ref(),
-                    r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
-                ]
-            })
-            .flatten()
-            .map(|s| s.errors)
-            .sum();
+        let busy: Vec<f64> = storms(&rounds).filter_map(|s| s.busy_cpus).collect();
+        let storm_errors = storms(&rounds).map(|s| s.errors).sum();
         let summary = Summary {
             workload: wl.name(),
             n,
@@ -239,9 +222,31 @@ impl WorkloadResult {
                 })
                 .count(),
             failed_rounds: rounds.iter().filter_map(|r| r.error.clone()).collect(),
+            other_tracers_seen: {
+                let mut v: Vec<String> = storms(&rounds)
+                    .flat_map(|s| &s.other_tracers)
+                    .map(|t| t.split('[').next().unwrap_or(t).to_string())
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            },
         };
         WorkloadResult { summary, rounds }
     }
+}
+
+/// The storms of some rounds, baseline and monitored.
+fn storms(rounds: &[Round]) -> impl Iterator<Item = &StormResult> {
+    rounds
+        .iter()
+        .flat_map(|r| {
+            [
+                r.baseline.as_ref(),
+                r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
+            ]
+        })
+        .flatten()
 }
 
 /// One progress line for a finished round.
@@ -390,6 +395,19 @@ impl Doc {
                     "{w}: {} of {} latency probes not seen within 5 s",
                     l.samples - l.seen,
                     l.samples
+                ));
+            }
+            let with_others = r
+                .rounds
+                .iter()
+                .filter(|r| storms(std::slice::from_ref(*r)).any(|s| !s.other_tracers.is_empty()))
+                .count();
+            if with_others > 0 {
+                notes.push(format!(
+                    "{w}: WARNING: other monitors/tracers were running just before a storm in {with_others} of {} rounds ({}); \
+                     their probes fire on the storms and their CPU use is noise: rerun on a quiet machine",
+                    r.rounds.len(),
+                    s.other_tracers_seen.join(", ")
                 ));
             }
             for e in &s.failed_rounds {

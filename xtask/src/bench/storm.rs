@@ -42,6 +42,10 @@ pub struct StormResult {
     /// Average number of busy CPUs of the whole machine during the storm (/proc/stat): the
     /// storm itself, the daemon, and anything else running (a shared machine's noise).
     pub busy_cpus: Option<f64>,
+    /// Other monitors or tracers (comm[pid]) running just before the storm started: their
+    /// probes fire on it too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_tracers: Vec<String>,
 }
 
 impl StormResult {
