@@ -277,6 +277,15 @@ pub fn round_line(r: &Round) -> String {
             let _ = write!(s, ", caught up in {:.1} s ({})", d.drain_s, d.why);
         }
     }
+    let mut others: Vec<&str> = storms(std::slice::from_ref(r))
+        .flat_map(|s| &s.other_tracers)
+        .map(String::as_str)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
+        let _ = write!(s, "; other tracers running: {}", others.join(" "));
+    }
     if let Some(e) = &r.error {
         let _ = write!(s, "; FAILED: {e}");
     }
