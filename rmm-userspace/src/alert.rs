@@ -138,6 +138,18 @@ pub struct Host {
     pub hostname: String,
 }
 
+impl RmmFields {
+    pub fn indicator_name(&self) -> &'static str {
+        match self.indicator {
+            Indicator::Binary => "binary",
+            Indicator::Path => "path",
+            Indicator::Domain => "domain",
+            Indicator::Port => "port",
+            Indicator::Ip => "ip",
+        }
+    }
+}
+
 pub fn technique_name(id: &str) -> &'static str {
     if id == "T1219.002" {
         "Remote Desktop Software"

@@ -26,7 +26,7 @@ use crate::{
     probes::{self, LoadOptions},
     proctable::{ProcTable, SeedReport},
     reader::{self, Batch},
-    sink::JsonSink,
+    sinks::{Deliver, SinkReport, SinkSet, journald, json::JsonSink, syslog},
     stats::{KernelDrops, Snapshot, Stats},
 };
 
@@ -45,8 +45,54 @@ pub struct RunOptions {
     pub poll: Duration,
     pub stats_interval: Duration,
     pub rules: RuleSources,
+    pub sinks: SinkOptions,
+}
+
+/// Where alerts go. With none named: journald when its socket exists, else JSON on stdout.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
     /// `-` for stdout, or a file to append to.
-    pub alerts: String,
+    pub json: Option<String>,
+    pub journald: bool,
+    pub syslog: Vec<String>,
+    pub syslog_format: Option<syslog::Format>,
+    pub syslog_facility: Option<String>,
+    pub tls: syslog::TlsFiles,
+    /// Alerts queued per sink before new ones are dropped.
+    pub queue: usize,
+}
+
+/// Builds the sinks (opening files and reading TLS material now, so that mistakes stop the
+/// start) and says which were chosen.
+pub fn build_sinks(o: &SinkOptions) -> Result<SinkSet> {
+    let mut sinks: Vec<Box<dyn Deliver>> = Vec::new();
+    if let Some(target) = &o.json {
+        sinks.push(Box::new(JsonSink::open(target)?));
+    }
+    if o.journald {
+        sinks.push(Box::new(journald::JournaldSink));
+    }
+    let facility = syslog::facility_code(o.syslog_facility.as_deref().unwrap_or("auth"))?;
+    for url in &o.syslog {
+        sinks.push(Box::new(syslog::SyslogSink::new(
+            url,
+            o.syslog_format.unwrap_or(syslog::Format::Rfc5424),
+            facility,
+            &o.tls,
+        )?));
+    }
+    if sinks.is_empty() {
+        if journald::journald_running() {
+            log::info!("no alert sink named: journald is running, alerts go there");
+            sinks.push(Box::new(journald::JournaldSink));
+        } else {
+            log::info!(
+                "no alert sink named and journald is not running: alerts go to stdout as JSON lines"
+            );
+            sinks.push(Box::new(JsonSink::open("-")?));
+        }
+    }
+    SinkSet::start(sinks, o.queue.max(1))
 }
 
 /// What the processor thread receives: records from a ring, or new rules.
@@ -72,12 +118,12 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     // Rules and the alert sink first: a broken rules file or an unwritable alert file stops
     // the daemon before it loads anything into the kernel.
     let compiled = load_rules(&opts.rules).context("loading rules")?;
-    let sink = JsonSink::open(&opts.alerts)?;
+    let sinks = Arc::new(build_sinks(&opts.sinks)?);
     log::info!(
         "rules: {} tools from {}; alerts: {}",
         compiled.matcher.tools.len(),
         compiled.sources.join(", "),
-        sink.describe()
+        sinks.names().join(", ")
     );
 
     let mut loaded = probes::load_and_attach(&opts.load)?;
@@ -113,6 +159,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let proc_stats = stats.clone();
     let events = opts.events;
     let (seeded_tx, seeded_rx) = tokio::sync::oneshot::channel();
+    let proc_sinks = sinks.clone();
     let processor = std::thread::Builder::new()
         .name("rmm-processor".into())
         .spawn(move || {
@@ -121,7 +168,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 events,
                 proc_stats,
                 Detector::new(compiled),
-                sink,
+                proc_sinks,
                 seeded_tx,
             )
         })
@@ -156,6 +203,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: draining and stopping"); break; }
             _ = sighup.recv() => {
+                sinks.reopen();
                 // Parsed here, swapped in by the processor between two batches: no event is
                 // dropped, and a broken file leaves the old rules in place.
                 match load_rules(&opts.rules) {
@@ -196,6 +244,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             DetectStats::default()
         }
     };
+    let sink_reports: Vec<SinkReport> = match Arc::try_unwrap(sinks) {
+        Ok(set) => set.shutdown(Duration::from_secs(3)),
+        Err(set) => set.reports(),
+    };
     let fin = stats.snapshot(&drops);
     log::info!(
         "final stats: {}",
@@ -204,6 +256,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     log::info!(
         "final detection stats: {}",
         serde_json::to_string(&detect).unwrap_or_default()
+    );
+    log::info!(
+        "final sink stats: {}",
+        serde_json::to_string(&sink_reports).unwrap_or_default()
     );
     // Dropping the Ebpf handle detaches every link.
     drop(loaded);
@@ -254,7 +310,7 @@ fn process(
     events: EventsFormat,
     stats: Arc<Stats>,
     mut detector: Detector,
-    mut sink: JsonSink,
+    sinks: Arc<SinkSet>,
     seeded: tokio::sync::oneshot::Sender<Seeded>,
 ) -> Result<DetectStats> {
     let mut table = ProcTable::default();
@@ -267,15 +323,11 @@ fn process(
     };
     stats.proc_unreadable.fetch_add(seed.unreadable, Relaxed);
     let inventory = detector.inventory(&table);
-    for a in &inventory {
-        if sink.write(a).is_err() {
-            stats.output_errors.fetch_add(1, Relaxed);
-        }
+    let found = inventory.len();
+    for a in inventory {
+        sinks.dispatch(a);
     }
-    if sink.flush().is_err() {
-        stats.output_errors.fetch_add(1, Relaxed);
-    }
-    let _ = seeded.send(Ok((seed, inventory.len())));
+    let _ = seeded.send(Ok((seed, found)));
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -295,10 +347,8 @@ fn process(
                     if events == EventsFormat::Json && write_json(&mut out, &ev).is_err() {
                         stats.output_errors.fetch_add(1, Relaxed);
                     }
-                    if let Some(alert) = detector.on_event(&ev, &table)
-                        && sink.write(&alert).is_err()
-                    {
-                        stats.output_errors.fetch_add(1, Relaxed);
+                    if let Some(alert) = detector.on_event(&ev, &table) {
+                        sinks.dispatch(alert);
                     }
                 }
                 Err(e) => {
@@ -308,7 +358,7 @@ fn process(
             }
         }
         // Flush per batch: an operator tailing the output sees events within the poll period.
-        if out.flush().is_err() || sink.flush().is_err() {
+        if out.flush().is_err() {
             stats.output_errors.fetch_add(1, Relaxed);
         }
     }

@@ -14,5 +14,5 @@ pub mod probes;
 pub mod proctable;
 pub mod reader;
 pub mod rules_cmd;
-pub mod sink;
+pub mod sinks;
 pub mod stats;

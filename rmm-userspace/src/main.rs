@@ -82,14 +82,65 @@ enum RulesCommand {
     },
 }
 
+/// Alert sinks; any combination. With none named, alerts go to journald when it runs, else to
+/// JSON lines on stdout.
+#[derive(clap::Args, Debug)]
+struct SinkArgs {
+    /// Append alerts as JSON lines to PATH (`-` = stdout).
+    #[arg(long, value_name = "PATH")]
+    json: Option<String>,
+    /// Send alerts to journald (native protocol).
+    #[arg(long)]
+    journald: bool,
+    /// Send alerts to syslog: unix:///dev/log, udp://HOST:PORT, tcp://HOST:PORT (octet counting)
+    /// or tls://HOST:PORT; repeatable.
+    #[arg(long, value_name = "URL")]
+    syslog: Vec<String>,
+    /// Syslog message format.
+    #[arg(long, value_enum)]
+    syslog_format: Option<rmm_userspace::sinks::syslog::Format>,
+    /// Syslog facility (auth, daemon, local0..local7, ...; default auth).
+    #[arg(long, value_name = "NAME")]
+    syslog_facility: Option<String>,
+    /// CA bundle for tls:// (default: the system bundle).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate for tls:// (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Client key for tls:// (with --tls-cert).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Alerts queued per sink before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    sink_queue: u32,
+}
+
+impl SinkArgs {
+    fn options(&self) -> daemon::SinkOptions {
+        daemon::SinkOptions {
+            json: self.json.clone(),
+            journald: self.journald,
+            syslog: self.syslog.clone(),
+            syslog_format: self.syslog_format,
+            syslog_facility: self.syslog_facility.clone(),
+            tls: rmm_userspace::sinks::syslog::TlsFiles {
+                ca: self.tls_ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+            },
+            queue: self.sink_queue as usize,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Print every event as one JSON line on stdout (`json`), or nothing (`none`).
     #[arg(long, value_enum, default_value = "none")]
     events: daemon::EventsFormat,
-    /// Where alerts go: `-` for stdout or a file to append JSON lines to.
-    #[arg(long, value_name = "PATH", default_value = "-")]
-    json: String,
+    #[command(flatten)]
+    sinks: SinkArgs,
     #[command(flatten)]
     rules: RuleArgs,
     /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size).
@@ -127,7 +178,7 @@ fn main() -> ExitCode {
             poll: Duration::from_millis(a.poll_ms),
             stats_interval: Duration::from_secs(a.stats_interval),
             rules: a.rules.sources(),
-            alerts: a.json,
+            sinks: a.sinks.options(),
         }),
         Command::Scan { rules, json } => rules_cmd::scan(&rules.sources(), &json),
         Command::Rules {

@@ -9,7 +9,7 @@ use crate::{
     daemon::load_rules,
     detect::Detector,
     proctable::ProcTable,
-    sink::JsonSink,
+    sinks::json::JsonSink,
 };
 
 pub fn check(files: &[PathBuf]) -> Result<()> {
@@ -107,7 +107,7 @@ pub fn scan(sources: &RuleSources, json: &str) -> Result<()> {
     for a in &alerts {
         sink.write(a)?;
     }
-    sink.flush()?;
+    crate::sinks::Deliver::flush(&mut sink)?;
     log::info!(
         "scanned {} processes ({} unreadable): {} RMM processes running",
         report.processes,

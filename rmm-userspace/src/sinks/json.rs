@@ -1,4 +1,4 @@
-//! Alert delivery as JSON lines, to stdout or appended to a file.
+//! Alerts as JSON lines, to stdout or appended to a file (reopened on SIGHUP for logrotate).
 
 use std::{
     fs::OpenOptions,
@@ -8,55 +8,76 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use super::Deliver;
 use crate::alert::Alert;
 
-pub enum JsonSink {
-    Stdout(BufWriter<io::Stdout>),
-    File {
-        path: PathBuf,
-        out: BufWriter<std::fs::File>,
-    },
+pub struct JsonSink {
+    /// `None` is stdout.
+    path: Option<PathBuf>,
+    out: Option<BufWriter<Box<dyn Write + Send>>>,
 }
 
 impl JsonSink {
     /// `-` is stdout; anything else a file opened for appending (created if missing).
+    pub fn new(target: &str) -> JsonSink {
+        JsonSink {
+            path: (target != "-").then(|| PathBuf::from(target)),
+            out: None,
+        }
+    }
+
+    /// Opens now, so that an unwritable file is an error at start-up.
     pub fn open(target: &str) -> Result<JsonSink> {
-        if target == "-" {
-            return Ok(JsonSink::Stdout(BufWriter::new(io::stdout())));
-        }
-        let path = PathBuf::from(target);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening alert file {}", path.display()))?;
-        Ok(JsonSink::File {
-            path,
-            out: BufWriter::new(file),
-        })
+        let mut s = JsonSink::new(target);
+        s.connect()?;
+        Ok(s)
     }
 
-    pub fn describe(&self) -> String {
-        match self {
-            JsonSink::Stdout(_) => "JSON lines on stdout".into(),
-            JsonSink::File { path, .. } => format!("JSON lines appended to {}", path.display()),
+    pub fn write(&mut self, alert: &Alert) -> Result<()> {
+        self.send(alert)
+    }
+}
+
+impl Deliver for JsonSink {
+    fn describe(&self) -> String {
+        match &self.path {
+            None => "json:stdout".into(),
+            Some(p) => format!("json:{}", p.display()),
         }
     }
 
-    fn out(&mut self) -> &mut dyn Write {
-        match self {
-            JsonSink::Stdout(w) => w,
-            JsonSink::File { out, .. } => out,
+    fn connect(&mut self) -> Result<()> {
+        if let Some(out) = &mut self.out {
+            let _ = out.flush();
         }
+        let w: Box<dyn Write + Send> = match &self.path {
+            None => Box::new(io::stdout()),
+            Some(p) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening alert file {}", p.display()))?,
+            ),
+        };
+        self.out = Some(BufWriter::new(w));
+        Ok(())
     }
 
-    pub fn write(&mut self, alert: &Alert) -> io::Result<()> {
-        let out = self.out();
-        serde_json::to_writer(&mut *out, alert)?;
-        out.write_all(b"\n")
+    fn send(&mut self, alert: &Alert) -> Result<()> {
+        if self.out.is_none() {
+            self.connect()?;
+        }
+        let out = self.out.as_mut().context("alert output not open")?;
+        serde_json::to_writer(&mut *out, alert).context("writing an alert")?;
+        out.write_all(b"\n").context("writing an alert")?;
+        Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out().flush()
+    fn flush(&mut self) -> Result<()> {
+        if let Some(out) = &mut self.out {
+            out.flush().context("flushing alerts")?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,263 @@
+//! Alert sinks: JSON lines, journald (native protocol) and syslog (RFC 5424 / 3164 over
+//! /dev/log, UDP, TCP and TLS), any combination at once.
+//!
+//! Every sink runs on its own thread behind a bounded queue: the processor only does a
+//! `try_send`, so a slow or dead sink never blocks the ring-buffer readers. A full queue drops
+//! the alert and counts it; a failed delivery is retried after a reconnect with back-off, and
+//! alerts that waited through an outage are counted as delivered late.
+
+pub mod journald;
+pub mod json;
+pub mod syslog;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::alert::Alert;
+
+/// One delivery channel. Implementations connect lazily and report errors; the worker decides
+/// when to reconnect.
+pub trait Deliver: Send {
+    fn describe(&self) -> String;
+    /// (Re)establishes the connection or opens the file.
+    fn connect(&mut self) -> Result<()>;
+    fn send(&mut self, alert: &Alert) -> Result<()>;
+    /// Called when the queue is empty.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub delivered: AtomicU64,
+    /// Waited more than a second in the queue (an outage, a slow peer) before delivery.
+    pub delivered_late: AtomicU64,
+    /// Dropped because the queue was full.
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Set at shutdown: a sink that is down stops retrying.
+    closing: AtomicBool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SinkReport {
+    pub sink: String,
+    pub delivered: u64,
+    pub delivered_late: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub reconnects: u64,
+}
+
+enum Msg {
+    Alert(Arc<Alert>, Instant),
+    /// Reopen files (SIGHUP, log rotation) and reconnect sockets.
+    Reopen,
+}
+
+struct Handle {
+    name: String,
+    tx: SyncSender<Msg>,
+    counters: Arc<SinkCounters>,
+    thread: JoinHandle<()>,
+}
+
+pub struct SinkSet {
+    sinks: Vec<Handle>,
+}
+
+const LATE: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl SinkSet {
+    /// Starts one worker per sink, each with a queue of `queue` alerts.
+    pub fn start(sinks: Vec<Box<dyn Deliver>>, queue: usize) -> Result<SinkSet> {
+        let mut handles = Vec::new();
+        for (i, sink) in sinks.into_iter().enumerate() {
+            let name = sink.describe();
+            let (tx, rx) = sync_channel(queue.max(1));
+            let counters = Arc::new(SinkCounters::default());
+            let c = counters.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("rmm-sink-{i}"))
+                .spawn(move || worker(sink, rx, c))
+                .context("starting a sink thread")?;
+            handles.push(Handle {
+                name,
+                tx,
+                counters,
+                thread,
+            });
+        }
+        Ok(SinkSet { sinks: handles })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Never blocks: a full queue drops the alert for that sink and counts it.
+    pub fn dispatch(&self, alert: Alert) {
+        let alert = Arc::new(alert);
+        let now = Instant::now();
+        for s in &self.sinks {
+            match s.tx.try_send(Msg::Alert(alert.clone(), now)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    let n = s.counters.dropped.fetch_add(1, Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        log::warn!("sink {}: queue full, {n} alerts dropped so far", s.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks every sink to reopen its file or reconnect (SIGHUP).
+    pub fn reopen(&self) {
+        for s in &self.sinks {
+            let _ = s.tx.try_send(Msg::Reopen);
+        }
+    }
+
+    pub fn reports(&self) -> Vec<SinkReport> {
+        self.sinks
+            .iter()
+            .map(|s| report(&s.name, &s.counters))
+            .collect()
+    }
+
+    /// Lets each sink deliver what it has queued, for at most `grace`; what is left is counted
+    /// as dropped.
+    pub fn shutdown(self, grace: Duration) -> Vec<SinkReport> {
+        let deadline = Instant::now() + grace;
+        let mut out = Vec::new();
+        for s in &self.sinks {
+            s.counters.closing.store(true, Relaxed);
+        }
+        for s in self.sinks {
+            drop(s.tx);
+            while !s.thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !s.thread.is_finished() {
+                log::warn!("sink {} did not finish delivering within {grace:?}", s.name);
+            } else if s.thread.join().is_err() {
+                log::error!("sink {} panicked", s.name);
+            }
+            out.push(report(&s.name, &s.counters));
+        }
+        out
+    }
+}
+
+fn report(name: &str, c: &SinkCounters) -> SinkReport {
+    SinkReport {
+        sink: name.to_owned(),
+        delivered: c.delivered.load(Relaxed),
+        delivered_late: c.delivered_late.load(Relaxed),
+        dropped: c.dropped.load(Relaxed),
+        errors: c.errors.load(Relaxed),
+        reconnects: c.reconnects.load(Relaxed),
+    }
+}
+
+fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
+    let name = sink.describe();
+    let mut connected = match sink.connect() {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("sink {name}: {e:#}; retrying in the background");
+            c.errors.fetch_add(1, Relaxed);
+            false
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        // Flush whenever the queue runs empty: alerts reach the file or peer promptly, and
+        // bursts are still written in one go.
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => {
+                if connected && let Err(e) = sink.flush() {
+                    log::warn!("sink {name}: flush failed: {e:#}");
+                    c.errors.fetch_add(1, Relaxed);
+                    connected = false;
+                }
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        let (alert, queued) = match msg {
+            Msg::Alert(a, t) => (a, t),
+            Msg::Reopen => {
+                let _ = sink.flush();
+                connected = reconnect(&mut *sink, &name, &c);
+                continue;
+            }
+        };
+        // Deliver this alert, reconnecting with back-off until it goes through or the
+        // daemon stops (the queue behind it fills up meanwhile and drops are counted).
+        loop {
+            if !connected {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                connected = reconnect(&mut *sink, &name, &c);
+                if !connected {
+                    if c.closing.load(Relaxed) {
+                        c.dropped.fetch_add(1, Relaxed);
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match sink.send(&alert) {
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    c.delivered.fetch_add(1, Relaxed);
+                    if queued.elapsed() > LATE {
+                        c.delivered_late.fetch_add(1, Relaxed);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("sink {name}: {e:#}; reconnecting");
+                    c.errors.fetch_add(1, Relaxed);
+                    connected = false;
+                }
+            }
+        }
+    }
+    let _ = sink.flush();
+}
+
+fn reconnect(sink: &mut dyn Deliver, name: &str, c: &SinkCounters) -> bool {
+    match sink.connect() {
+        Ok(()) => {
+            c.reconnects.fetch_add(1, Relaxed);
+            log::info!("sink {name}: connected");
+            true
+        }
+        Err(e) => {
+            log::debug!("sink {name}: reconnect failed: {e:#}");
+            c.errors.fetch_add(1, Relaxed);
+            false
+        }
+    }
+}
