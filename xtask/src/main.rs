@@ -160,7 +160,14 @@ fn test() -> Result<()> {
     run_cmd(
         Command::new(cargo())
             .current_dir(&root)
-            .args(["test", "--workspace", "--exclude", "rmm-ebpf", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "rmm-ebpf",
+                "--",
+                "--test-threads=1",
+            ])
             .env("RMM_EBPF_OBJECT", &object)
             .env("RMM_MONITOR_BIN", &daemon),
     )
