@@ -161,8 +161,11 @@ pub mod exec_flags {
     /// Kernel struct offsets were not provided: no path, argv or ppid.
     pub const NO_OFFSETS: u32 = 1 << 5;
     /// The walk ended at a dentry that is its own parent outside the mount tree root
-    /// (a pseudo file system such as memfd or an unlinked file).
+    /// (a pseudo file system such as memfd).
     pub const PATH_DETACHED: u32 = 1 << 6;
+    /// The executable's dentry is unhashed: the file was deleted (or replaced) after it was
+    /// opened, the way `/proc/PID/exe` shows ` (deleted)`.
+    pub const PATH_DELETED: u32 = 1 << 7;
 }
 
 /// `sched:sched_process_exec`.
@@ -292,6 +295,8 @@ pub struct KernelOffsets {
     pub path_dentry: u32,
     pub dentry_d_parent: u32,
     pub dentry_d_name: u32,
+    /// `dentry.d_hash.pprev`: NULL once the dentry is unhashed (deleted).
+    pub dentry_d_hash_pprev: u32,
     pub qstr_name: u32,
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
@@ -315,6 +320,7 @@ impl KernelOffsets {
             path_dentry: 0,
             dentry_d_parent: 0,
             dentry_d_name: 0,
+            dentry_d_hash_pprev: 0,
             qstr_name: 0,
             mount_mnt: 0,
             mount_mnt_parent: 0,
@@ -346,7 +352,7 @@ const _: () = assert!(size_of::<ForkEvent>() == 64);
 const _: () = assert!(size_of::<ExitEvent>() == 64);
 const _: () = assert!(size_of::<ConnectEvent>() == 56 + 8 + 8 + 16 + 8);
 const _: () = assert!(size_of::<DnsEvent>() == 56 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
-const _: () = assert!(size_of::<KernelOffsets>() == 18 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 19 * 4);
 const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<DnsEvent>().is_multiple_of(8));
 const _: () = assert!(PATH_START_LIMIT + PATH_COMPONENT_MAX <= PATH_LEN);

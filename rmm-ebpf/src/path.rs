@@ -6,7 +6,7 @@ use rmm_common::{
     ExecEvent, KernelOffsets, PATH_COMPONENT_MAX, PATH_MAX_DEPTH, PATH_START_LIMIT, exec_flags,
 };
 
-use crate::kernel::read_ptr;
+use crate::kernel::{read, read_ptr};
 
 #[inline(always)]
 pub fn resolve_file_path(ev: &mut ExecEvent, file: u64, off: &KernelOffsets) {
@@ -18,6 +18,8 @@ pub fn resolve_file_path(ev: &mut ExecEvent, file: u64, off: &KernelOffsets) {
         ev.flags |= exec_flags::PATH_ERROR;
         return;
     };
+    // An unhashed leaf is a deleted file (checked at the end: pseudo files are unhashed too).
+    let unhashed = read::<u64>(dentry, off.dentry_d_hash_pprev) == Some(0);
     // The write position lives in the record, not in a register: reloaded each iteration it is
     // an unknown (masked) value to the verifier, so the states after a mount crossing and after
     // a name are the same and the walk verifies in linear time instead of exploding.
@@ -94,5 +96,8 @@ pub fn resolve_file_path(ev: &mut ExecEvent, file: u64, off: &KernelOffsets) {
     }
     if !done {
         ev.flags |= exec_flags::PATH_TRUNCATED;
+    }
+    if unhashed && ev.flags & exec_flags::PATH_DETACHED == 0 {
+        ev.flags |= exec_flags::PATH_DELETED;
     }
 }

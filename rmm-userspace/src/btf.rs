@@ -226,6 +226,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         path_dentry: o("path", "dentry")?,
         dentry_d_parent: o("dentry", "d_parent")?,
         dentry_d_name: o("dentry", "d_name")?,
+        dentry_d_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
         qstr_name: o("qstr", "name")?,
         mount_mnt: o("mount", "mnt")?,
         mount_mnt_parent: o("mount", "mnt_parent")?,

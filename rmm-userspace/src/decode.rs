@@ -253,6 +253,7 @@ fn decode_exec(ev: &ExecEvent) -> Exec {
         (exec_flags::ARGS_ERROR, "args_error"),
         (exec_flags::NO_OFFSETS, "no_offsets"),
         (exec_flags::PATH_DETACHED, "path_detached"),
+        (exec_flags::PATH_DELETED, "path_deleted"),
     ] {
         if ev.flags & bit != 0 {
             flags.push(name);
