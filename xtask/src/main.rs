@@ -165,6 +165,7 @@ fn test() -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "rmm-ebpf",
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])
