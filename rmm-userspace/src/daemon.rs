@@ -8,7 +8,10 @@
 use std::{
     io::{BufWriter, Write},
     path::Path,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -23,6 +26,7 @@ use crate::{
     catalog::{RuleSources, Rules},
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
+    metrics,
     probes::{self, LoadOptions},
     proctable::{ProcTable, SeedReport},
     reader::{self, Batch},
@@ -46,6 +50,29 @@ pub struct RunOptions {
     pub stats_interval: Duration,
     pub rules: RuleSources,
     pub sinks: SinkOptions,
+    /// Prometheus endpoint `ADDRESS:PORT`, off when `None`.
+    pub metrics: Option<String>,
+}
+
+/// Validates everything that can be checked without loading probes: ring sizes, rules, sink
+/// URLs and facility, TLS material, the metrics address. `config check` runs exactly this.
+pub fn check_options(o: &RunOptions) -> Result<()> {
+    probes::check_ring_size(o.load.proc_ring_bytes).context("proc ring")?;
+    probes::check_ring_size(o.load.net_ring_bytes).context("net ring")?;
+    load_rules(&o.rules).context("loading rules")?;
+    syslog::facility_code(o.sinks.syslog_facility.as_deref().unwrap_or("auth"))?;
+    let mut tls = false;
+    for url in &o.sinks.syslog {
+        tls |= matches!(syslog::Transport::parse(url)?, syslog::Transport::Tls(_));
+    }
+    if tls {
+        syslog::tls_config(&o.sinks.tls)?;
+    }
+    if let Some(m) = &o.metrics {
+        m.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("metrics address {m:?} is not ADDRESS:PORT"))?;
+    }
+    Ok(())
 }
 
 /// Where alerts go. With none named: journald when its socket exists, else JSON on stdout.
@@ -128,10 +155,24 @@ async fn run_async(opts: RunOptions) -> Result<()> {
 
     let mut loaded = probes::load_and_attach(&opts.load)?;
     let stats = Arc::new(Stats::default());
-    let drops = KernelDrops::new(
+    let drops = Arc::new(KernelDrops::new(
         PerCpuArray::try_from(loaded.ebpf.take_map("DROPS").context("map DROPS missing")?)
             .context("map DROPS has the wrong type")?,
-    );
+    ));
+    let detect_stats = Arc::new(Mutex::new(DetectStats::default()));
+    let sources = Arc::new(metrics::Sources {
+        stats: stats.clone(),
+        drops: drops.clone(),
+        detect: detect_stats.clone(),
+        sinks: sinks.clone(),
+        reloads_ok: AtomicU64::new(0),
+        reloads_failed: AtomicU64::new(0),
+        processes: AtomicU64::new(0),
+    });
+    if let Some(addr) = &opts.metrics {
+        let local = metrics::serve(addr, sources.clone()).await?;
+        log::info!("metrics: http://{local}/metrics");
+    }
 
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -160,6 +201,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let events = opts.events;
     let (seeded_tx, seeded_rx) = tokio::sync::oneshot::channel();
     let proc_sinks = sinks.clone();
+    let proc_sources = sources.clone();
     let processor = std::thread::Builder::new()
         .name("rmm-processor".into())
         .spawn(move || {
@@ -169,6 +211,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 proc_stats,
                 Detector::new(compiled),
                 proc_sinks,
+                proc_sources,
                 seeded_tx,
             )
         })
@@ -190,7 +233,25 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             "; exec paths and argv unavailable (no kernel offsets)"
         }
     );
-    notify(&[sd_notify::NotifyState::Ready]);
+    let status = |snap: &Snapshot| {
+        let events: u64 = snap.events.values().sum();
+        let lost: u64 = snap.kernel_drops.values().sum();
+        let alerts: u64 = detect_stats
+            .lock()
+            .map(|d| d.alerts.values().sum())
+            .unwrap_or(0);
+        format!("monitoring: {events} events, {alerts} alerts, {lost} events lost")
+    };
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status(&stats.snapshot(&drops))),
+    ]);
+    // The watchdog is kicked from the main loop at half the interval systemd asks for.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| {
+            (d / 2).max(Duration::from_millis(10))
+        }));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -202,7 +263,14 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { log::info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: draining and stopping"); break; }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
             _ = sighup.recv() => {
+                let reloading = sd_notify::NotifyState::monotonic_usec_now();
+                let mut states = vec![sd_notify::NotifyState::Reloading];
+                if let Ok(m) = reloading {
+                    states.push(m);
+                }
+                notify(&states);
                 sinks.reopen();
                 // Parsed here, swapped in by the processor between two batches: no event is
                 // dropped, and a broken file leaves the old rules in place.
@@ -210,15 +278,21 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                     Ok(c) => {
                         let n = c.matcher.tools.len();
                         if reload_tx.send(Msg::Reload(c)).await.is_ok() {
+                            sources.reloads_ok.fetch_add(1, Relaxed);
                             log::info!("SIGHUP: rules reloaded ({n} tools)");
                         }
                     }
-                    Err(e) => log::error!("SIGHUP: rules not reloaded, the previous rules stay active: {e:#}"),
+                    Err(e) => {
+                        sources.reloads_failed.fetch_add(1, Relaxed);
+                        log::error!("SIGHUP: rules not reloaded, the previous rules stay active: {e:#}");
+                    }
                 }
+                notify(&[sd_notify::NotifyState::Ready]);
             }
             _ = tick.tick() => {
                 let now = stats.snapshot(&drops);
                 report_interval(&last, &now);
+                notify(&[sd_notify::NotifyState::Status(&status(&now))]);
                 last = now;
             }
         }
@@ -244,6 +318,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             DetectStats::default()
         }
     };
+    drop(sources);
     let sink_reports: Vec<SinkReport> = match Arc::try_unwrap(sinks) {
         Ok(set) => set.shutdown(Duration::from_secs(3)),
         Err(set) => set.reports(),
@@ -311,6 +386,7 @@ fn process(
     stats: Arc<Stats>,
     mut detector: Detector,
     sinks: Arc<SinkSet>,
+    sources: Arc<metrics::Sources>,
     seeded: tokio::sync::oneshot::Sender<Seeded>,
 ) -> Result<DetectStats> {
     let mut table = ProcTable::default();
@@ -361,6 +437,11 @@ fn process(
         if out.flush().is_err() {
             stats.output_errors.fetch_add(1, Relaxed);
         }
+        // Publish for the metrics endpoint and the status line (once per batch, not per event).
+        if let Ok(mut d) = sources.detect.lock() {
+            d.clone_from(&detector.stats);
+        }
+        sources.processes.store(table.len() as u64, Relaxed);
     }
     Ok(detector.stats)
 }

@@ -4,12 +4,14 @@
 pub mod alert;
 pub mod btf;
 pub mod catalog;
+pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod decode;
 pub mod detect;
 pub mod dns;
 pub mod matcher;
+pub mod metrics;
 pub mod probes;
 pub mod proctable;
 pub mod reader;

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use rmm_userspace::{btf, catalog, daemon, probes, rules_cmd};
+use rmm_userspace::{btf, catalog, config, daemon, probes, rules_cmd};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -19,15 +19,16 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 struct RuleArgs {
     /// Extra rules file (TOML); repeatable. Read after the rules directory; a tool with the
     /// same id replaces the earlier definition.
     #[arg(long = "rules", value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Directory of *.toml rules files, read in name order (missing is fine).
-    #[arg(long, value_name = "DIR", default_value = catalog::DEFAULT_RULES_DIR)]
-    rules_dir: PathBuf,
+    /// Directory of *.toml rules files, read in name order (missing is fine; default
+    /// /etc/rmm-monitor/rules.d).
+    #[arg(long, value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
     /// Do not load the embedded default catalog.
     #[arg(long)]
     no_default_rules: bool,
@@ -37,7 +38,11 @@ impl RuleArgs {
     fn sources(&self) -> catalog::RuleSources {
         catalog::RuleSources {
             no_default: self.no_default_rules,
-            dir: Some(self.rules_dir.clone()),
+            dir: Some(
+                self.rules_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(catalog::DEFAULT_RULES_DIR)),
+            ),
             files: self.files.clone(),
         }
     }
@@ -47,7 +52,7 @@ impl RuleArgs {
 enum Command {
     /// Load the probes and report events and alerts until SIGTERM or SIGINT (SIGHUP reloads
     /// the rules).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report RMM processes running now (from /proc) and exit; no eBPF needed.
     Scan {
         #[command(flatten)]
@@ -61,8 +66,19 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Check a configuration file (default /etc/rmm-monitor/config.toml).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print the kernel struct offsets read from BTF (what the exec probe will use).
     Offsets,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Parse and validate: unknown keys and bad values are errors with their location.
+    Check { file: Option<PathBuf> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,7 +100,7 @@ enum RulesCommand {
 
 /// Alert sinks; any combination. With none named, alerts go to journald when it runs, else to
 /// JSON lines on stdout.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 struct SinkArgs {
     /// Append alerts as JSON lines to PATH (`-` = stdout).
     #[arg(long, value_name = "PATH")]
@@ -111,54 +127,99 @@ struct SinkArgs {
     /// Client key for tls:// (with --tls-cert).
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
-    /// Alerts queued per sink before new ones are dropped (and counted).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    sink_queue: u32,
+    /// Alerts queued per sink before new ones are dropped (and counted; default 4096).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    sink_queue: Option<u32>,
 }
 
-impl SinkArgs {
-    fn options(&self) -> daemon::SinkOptions {
-        daemon::SinkOptions {
-            json: self.json.clone(),
-            journald: self.journald,
-            syslog: self.syslog.clone(),
-            syslog_format: self.syslog_format,
-            syslog_facility: self.syslog_facility.clone(),
-            tls: rmm_userspace::sinks::syslog::TlsFiles {
-                ca: self.tls_ca.clone(),
-                cert: self.tls_cert.clone(),
-                key: self.tls_key.clone(),
-            },
-            queue: self.sink_queue as usize,
-        }
-    }
-}
-
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 struct RunArgs {
-    /// Print every event as one JSON line on stdout (`json`), or nothing (`none`).
-    #[arg(long, value_enum, default_value = "none")]
-    events: daemon::EventsFormat,
+    /// Configuration file; flags given here win over it.
+    #[arg(long, value_name = "FILE", env = "RMM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print every event as one JSON line on stdout (`json`), or nothing (`none`, default).
+    #[arg(long, value_enum)]
+    events: Option<daemon::EventsFormat>,
     #[command(flatten)]
     sinks: SinkArgs,
     #[command(flatten)]
     rules: RuleArgs,
-    /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size).
-    #[arg(long, default_value_t = 8 << 20)]
-    proc_ring_bytes: u32,
-    /// Size in bytes of the connect/DNS ring buffer (power of two, >= page size).
-    #[arg(long, default_value_t = 8 << 20)]
-    net_ring_bytes: u32,
-    /// Wake the reader once this many bytes wait in a ring (0 = on every event); below it,
-    /// records are collected every --poll-ms.
-    #[arg(long, default_value_t = 256 << 10)]
-    wakeup_bytes: u64,
-    /// Period of the ring poll timer in milliseconds (bounds the delay of a lone event).
-    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    poll_ms: u64,
-    /// Seconds between checks of the loss counters (logged when non-zero).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    stats_interval: u64,
+    /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size; default 8 MiB).
+    #[arg(long)]
+    proc_ring_bytes: Option<u32>,
+    /// Size in bytes of the connect/DNS ring buffer (power of two, >= page size; default 8 MiB).
+    #[arg(long)]
+    net_ring_bytes: Option<u32>,
+    /// Wake the reader once this many bytes wait in a ring (0 = on every event; default 256 KiB);
+    /// below it, records are collected every --poll-ms.
+    #[arg(long)]
+    wakeup_bytes: Option<u64>,
+    /// Period of the ring poll timer in milliseconds (bounds the delay of a lone event; default 25).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    poll_ms: Option<u64>,
+    /// Seconds between checks of the loss counters (logged when non-zero; default 10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    stats_interval: Option<u64>,
+    /// Serve Prometheus metrics on ADDRESS:PORT (e.g. 127.0.0.1:9464); off by default.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics: Option<String>,
+}
+
+/// Flags over the configuration file over the defaults.
+fn resolve(a: &RunArgs, c: &config::Config) -> daemon::RunOptions {
+    let r = &a.rules;
+    let s = &a.sinks;
+    let ca = &c.alerts;
+    daemon::RunOptions {
+        load: probes::LoadOptions {
+            proc_ring_bytes: a.proc_ring_bytes.or(c.rings.proc_bytes).unwrap_or(8 << 20),
+            net_ring_bytes: a.net_ring_bytes.or(c.rings.net_bytes).unwrap_or(8 << 20),
+            wakeup_bytes: a.wakeup_bytes.or(c.rings.wakeup_bytes).unwrap_or(256 << 10),
+        },
+        events: a
+            .events
+            .or(c.events.format.map(Into::into))
+            .unwrap_or(daemon::EventsFormat::None),
+        poll: Duration::from_millis(a.poll_ms.or(c.rings.poll_ms).unwrap_or(25).clamp(1, 10_000)),
+        stats_interval: Duration::from_secs(
+            a.stats_interval
+                .or(c.daemon.stats_interval_secs)
+                .unwrap_or(10)
+                .clamp(1, 86_400),
+        ),
+        rules: catalog::RuleSources {
+            no_default: r.no_default_rules || c.rules.default_catalog == Some(false),
+            dir: Some(
+                r.rules_dir
+                    .clone()
+                    .or(c.rules.dir.clone())
+                    .unwrap_or_else(|| PathBuf::from(catalog::DEFAULT_RULES_DIR)),
+            ),
+            files: if r.files.is_empty() {
+                c.rules.files.clone().unwrap_or_default()
+            } else {
+                r.files.clone()
+            },
+        },
+        sinks: daemon::SinkOptions {
+            json: s.json.clone().or(ca.json.clone()),
+            journald: s.journald || ca.journald == Some(true),
+            syslog: if s.syslog.is_empty() {
+                ca.syslog.clone().unwrap_or_default()
+            } else {
+                s.syslog.clone()
+            },
+            syslog_format: s.syslog_format.or(ca.syslog_format),
+            syslog_facility: s.syslog_facility.clone().or(ca.syslog_facility.clone()),
+            tls: rmm_userspace::sinks::syslog::TlsFiles {
+                ca: s.tls_ca.clone().or(ca.tls_ca.clone()),
+                cert: s.tls_cert.clone().or(ca.tls_cert.clone()),
+                key: s.tls_key.clone().or(ca.tls_key.clone()),
+            },
+            queue: s.sink_queue.or(ca.queue).unwrap_or(4096).max(1) as usize,
+        },
+        metrics: a.metrics.clone().or(c.metrics.listen.clone()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -168,18 +229,24 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let result = match cli.command {
-        Command::Run(a) => daemon::run(daemon::RunOptions {
-            load: probes::LoadOptions {
-                proc_ring_bytes: a.proc_ring_bytes,
-                net_ring_bytes: a.net_ring_bytes,
-                wakeup_bytes: a.wakeup_bytes,
-            },
-            events: a.events,
-            poll: Duration::from_millis(a.poll_ms),
-            stats_interval: Duration::from_secs(a.stats_interval),
-            rules: a.rules.sources(),
-            sinks: a.sinks.options(),
-        }),
+        Command::Run(a) => config::load(a.config.as_deref())
+            .and_then(|c| {
+                let opts = resolve(&a, &c);
+                daemon::check_options(&opts)?;
+                Ok(opts)
+            })
+            .and_then(daemon::run),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let path = file.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+            config::load(Some(&path)).and_then(|c| {
+                let args = RunArgs::default();
+                daemon::check_options(&resolve(&args, &c))?;
+                println!("{}: ok", path.display());
+                Ok(())
+            })
+        }
         Command::Scan { rules, json } => rules_cmd::scan(&rules.sources(), &json),
         Command::Rules {
             command: RulesCommand::Check { files },

@@ -34,6 +34,14 @@ pub struct ProcTable {
 }
 
 impl ProcTable {
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Proc> {
         self.procs.values()
     }
