@@ -21,6 +21,8 @@ pub struct Alert {
     pub dns: Option<DnsFields>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerFields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<Orchestrator>,
     pub host: Host,
 }
 
@@ -130,6 +132,30 @@ pub struct DnsQuestion {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ContainerFields {
+    pub id: String,
+    /// docker, podman, containerd, cri-o.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
+}
+
+/// Kubernetes context, from the node alone (cgroup path and kubelet log directories).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Orchestrator {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub resource: OrchestratorResource,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OrchestratorResource {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Pod name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pod uid.
     pub id: String,
 }
 

@@ -271,6 +271,112 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     None
 }
 
+/// The runtime that named a container's cgroup, from the same path.
+pub fn container_runtime(cgroup_path: &str) -> Option<&'static str> {
+    let p = cgroup_path;
+    if p.contains("cri-containerd-")
+        || (p.contains("/kubepods") && !p.contains("crio-") && !p.contains("docker"))
+    {
+        Some("containerd")
+    } else if p.contains("crio-") {
+        Some("cri-o")
+    } else if p.contains("libpod-") {
+        Some("podman")
+    } else if p.contains("docker") {
+        Some("docker")
+    } else {
+        None
+    }
+}
+
+/// The Kubernetes pod uid in a cgroup path: `kubepods-burstable-pod<uid_with_underscores>.slice`
+/// (systemd driver) or `/kubepods/burstable/pod<uid>/` (cgroupfs driver).
+pub fn pod_uid(cgroup_path: &str) -> Option<String> {
+    if !cgroup_path.contains("kubepods") {
+        return None;
+    }
+    for seg in cgroup_path.split('/') {
+        let s = seg.strip_suffix(".slice").unwrap_or(seg);
+        let Some(pos) = s.rfind("pod") else { continue };
+        let uid = s[pos + 3..].replace('_', "-");
+        let hex_and_dashes =
+            uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if hex_and_dashes && uid.matches('-').count() == 4 {
+            return Some(uid);
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub uid: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+pub const DEFAULT_PODS_LOG_DIR: &str = "/var/log/pods";
+
+/// Pod names and namespaces from what every node has without the API server: the kubelet's
+/// log directories `/var/log/pods/<namespace>_<pod>_<uid>`. Cached; re-read on a miss at most
+/// every 5 seconds.
+#[derive(Debug)]
+pub struct Pods {
+    dir: PathBuf,
+    by_uid: HashMap<String, (String, String)>,
+    last_read: Option<Instant>,
+}
+
+impl Default for Pods {
+    fn default() -> Self {
+        Pods::new(Path::new(DEFAULT_PODS_LOG_DIR))
+    }
+}
+
+impl Pods {
+    pub fn new(dir: &Path) -> Pods {
+        Pods {
+            dir: dir.to_owned(),
+            by_uid: HashMap::new(),
+            last_read: None,
+        }
+    }
+
+    pub fn lookup(&mut self, uid: &str) -> Pod {
+        if !self.by_uid.contains_key(uid)
+            && self
+                .last_read
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.refresh();
+        }
+        let found = self.by_uid.get(uid);
+        Pod {
+            uid: uid.to_owned(),
+            namespace: found.map(|f| f.0.clone()),
+            name: found.map(|f| f.1.clone()),
+        }
+    }
+
+    fn refresh(&mut self) {
+        self.last_read = Some(Instant::now());
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        self.by_uid.clear();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // <namespace>_<pod>_<uid>: namespaces and pod names cannot contain '_'.
+            let mut parts = name.splitn(3, '_');
+            if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+                self.by_uid
+                    .insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +472,72 @@ mod tests {
             None
         );
         assert_eq!(container_id("/"), None);
+    }
+
+    const UID: &str = "5f0c8e3a-1b2c-4d5e-8f90-123456789abc";
+
+    #[test]
+    fn pod_uids_and_runtimes_from_kubelet_cgroup_layouts() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let u = UID.replace('-', "_");
+        let cases = [
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{id}.scope"
+                ),
+                "containerd",
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/crio-{id}.scope"
+                ),
+                "cri-o",
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{id}.scope"),
+                "containerd",
+            ),
+            (format!("/kubepods/burstable/pod{UID}/{id}"), "containerd"),
+            (format!("/kubepods/pod{UID}/{id}"), "containerd"),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/docker-{id}.scope"
+                ),
+                "docker",
+            ),
+        ];
+        for (path, runtime) in &cases {
+            assert_eq!(pod_uid(path).as_deref(), Some(UID), "{path}");
+            assert_eq!(container_id(path).as_deref(), Some(id), "{path}");
+            assert_eq!(container_runtime(path), Some(*runtime), "{path}");
+        }
+        assert_eq!(pod_uid(&format!("/system.slice/docker-{id}.scope")), None);
+        assert_eq!(
+            container_runtime(&format!("/system.slice/docker-{id}.scope")),
+            Some("docker")
+        );
+        assert_eq!(
+            container_runtime(&format!("/libpod_parent/libpod-{id}")),
+            Some("podman")
+        );
+        assert_eq!(pod_uid("/kubepods.slice/kubepods-podnotauid.slice"), None);
+    }
+
+    #[test]
+    fn pod_names_from_kubelet_log_dirs() {
+        let dir = std::env::temp_dir().join(format!("rmm-pods-{}", std::process::id()));
+        fs::create_dir_all(dir.join(format!("kube-system_rustdesk-7f9c_{UID}"))).expect("mkdir");
+        fs::create_dir_all(dir.join("junk")).expect("mkdir");
+        let mut pods = Pods::new(&dir);
+        let p = pods.lookup(UID);
+        assert_eq!(
+            (p.namespace.as_deref(), p.name.as_deref()),
+            (Some("kube-system"), Some("rustdesk-7f9c"))
+        );
+        assert_eq!(
+            pods.lookup("00000000-0000-0000-0000-000000000000").name,
+            None
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -15,11 +15,14 @@ use serde::Serialize;
 use crate::{
     alert::{
         Action, Alert, ContainerFields, Destination, DnsFields, DnsQuestion, EventFields, Host,
-        ProcessFields, ProcessRef, RmmFields, RuleFields, Technique, Threat, UserRef, rfc3339,
-        technique_name,
+        Orchestrator, OrchestratorResource, ProcessFields, ProcessRef, RmmFields, RuleFields,
+        Technique, Threat, UserRef, rfc3339, technique_name,
     },
     catalog::{Proto, Rules, UserRef as RuleUser},
-    context::{Containers, ContextSettings, Flag, PackageDb, container_id},
+    context::{
+        Containers, ContextSettings, Flag, PackageDb, Pod, Pods, container_id, container_runtime,
+        pod_uid,
+    },
     decode::{Event, Task},
     dns,
     matcher::{Hit, Indicator, Matcher, basename},
@@ -133,6 +136,12 @@ struct Dedup {
     suppressed: u64,
 }
 
+#[derive(Debug, Default)]
+struct Placement {
+    container: Option<ContainerFields>,
+    pod: Option<Pod>,
+}
+
 struct Resolved {
     tool: usize,
     domain: String,
@@ -148,6 +157,7 @@ pub struct Detector {
     pending: HashMap<(u64, u16), (usize, String)>,
     packages: PackageDb,
     containers: Containers,
+    pods: Pods,
     hostname: String,
     /// Wall-clock nanoseconds minus CLOCK_MONOTONIC nanoseconds, to date kernel timestamps.
     wall_offset_ns: i128,
@@ -193,6 +203,7 @@ impl Detector {
             pending: HashMap::new(),
             packages: PackageDb::default(),
             containers: Containers::default(),
+            pods: Pods::default(),
             hostname: hostname(),
             wall_offset_ns: wall - monotonic_ns(),
             stats: DetectStats::default(),
@@ -208,11 +219,18 @@ impl Detector {
         self.stats.reloads += 1;
     }
 
-    fn container_of(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
-        self.containers
-            .cgroup_path(pid, cgroup_id)
-            .as_deref()
-            .and_then(container_id)
+    /// Container and pod of a process, from its cgroup path.
+    fn placement_of(&mut self, pid: u32, cgroup_id: u64) -> Placement {
+        let Some(path) = self.containers.cgroup_path(pid, cgroup_id) else {
+            return Placement::default();
+        };
+        Placement {
+            container: container_id(&path).map(|id| ContainerFields {
+                id,
+                runtime: container_runtime(&path),
+            }),
+            pod: pod_uid(&path).map(|uid| self.pods.lookup(&uid)),
+        }
     }
 
     /// Alerts for RMM processes already running (start-up inventory, `rmm-monitor scan`).
@@ -397,11 +415,9 @@ impl Detector {
             .unwrap_or(0);
         // Reading the cgroup costs a file read: done before the allowlist only when an entry
         // needs it, otherwise after de-duplication.
-        let mut container = None;
-        let mut container_known = false;
+        let mut placement = None;
         if c.allow.iter().any(|a| a.container.is_some()) {
-            container = self.container_of(pid, cgroup_id);
-            container_known = true;
+            placement = Some(self.placement_of(pid, cgroup_id));
         }
 
         if let Some(reason) = allowed(
@@ -410,7 +426,10 @@ impl Detector {
             &executable,
             uid,
             ancestors.first().copied(),
-            container.as_deref(),
+            placement
+                .as_ref()
+                .and_then(|p| p.container.as_ref())
+                .map(|c| c.id.as_str()),
         ) {
             log::debug!(
                 "allowed {} activity of pid {pid} ({executable}): {reason}",
@@ -452,9 +471,10 @@ impl Detector {
             }
         };
 
-        if !container_known {
-            container = self.container_of(pid, cgroup_id);
-        }
+        let placement = match placement {
+            Some(p) => p,
+            None => self.placement_of(pid, cgroup_id),
+        };
         let mut flags = Vec::new();
         if ancestors.iter().take(MAX_ANCESTORS).any(|a| {
             c.context.is_suspicious_parent(basename(&a.executable))
@@ -471,7 +491,7 @@ impl Detector {
         if self.packages.owned(&executable) == Some(false) {
             flags.push(Flag::NotPackaged);
         }
-        if container.is_some() {
+        if placement.container.is_some() {
             flags.push(Flag::Container);
         }
         let severity = tool.severity.raised(flags.len());
@@ -540,7 +560,16 @@ impl Detector {
             },
             destination: s.destination,
             dns: s.dns,
-            container: container.map(|id| ContainerFields { id }),
+            container: placement.container,
+            orchestrator: placement.pod.map(|p| Orchestrator {
+                kind: "kubernetes",
+                namespace: p.namespace,
+                resource: OrchestratorResource {
+                    kind: "pod",
+                    name: p.name,
+                    id: p.uid,
+                },
+            }),
             host: Host {
                 hostname: self.hostname.clone(),
             },
