@@ -221,6 +221,91 @@ impl Checker<'_> {
     }
 }
 
+/// The tables of an array of tables (`[[tool]]`).
+fn entries<'i>(
+    c: &mut Checker<'_>,
+    value: toml::Spanned<toml::de::DeValue<'i>>,
+    key: &str,
+) -> Vec<toml::Spanned<toml::de::DeValue<'i>>> {
+    let span = value.span();
+    match value.into_inner() {
+        toml::de::DeValue::Array(items) => items.to_vec(),
+        _ => {
+            c.err(
+                span,
+                format!("`{key}` must be an array of tables: [[{key}]]"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+const TOOL_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "severity",
+    "technique",
+    "references",
+    "process_names",
+    "paths",
+    "args",
+    "domains",
+    "ports",
+];
+const ALLOW_KEYS: &[&str] = &[
+    "tool",
+    "executable",
+    "user",
+    "parent",
+    "container",
+    "reason",
+];
+const CONTEXT_KEYS: &[&str] = &[
+    "suspicious_parents",
+    "temp_dirs",
+    "dedup_window_secs",
+    "dns_ttl_secs",
+];
+
+/// Deserializes one entry, recording its errors: unknown keys first (each at its own place,
+/// then left out so the other checks still run), then what the deserializer reports.
+fn entry<T: serde::de::DeserializeOwned>(
+    c: &mut Checker<'_>,
+    value: toml::Spanned<toml::de::DeValue<'_>>,
+    known: &[&str],
+) -> Option<T> {
+    let span = value.span();
+    let value = match value.into_inner() {
+        toml::de::DeValue::Table(mut table) => {
+            let unknown: Vec<_> = table
+                .keys()
+                .filter(|k| !known.contains(&k.get_ref().as_ref()))
+                .cloned()
+                .collect();
+            for k in unknown {
+                c.err(
+                    k.span(),
+                    format!(
+                        "unknown field `{}`, expected one of {}",
+                        k.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+                table.remove(&k);
+            }
+            toml::Spanned::new(span.clone(), toml::de::DeValue::Table(table))
+        }
+        other => toml::Spanned::new(span.clone(), other),
+    };
+    match T::deserialize(toml::de::ValueDeserializer::from(value)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.err(e.span().unwrap_or(span), e.message());
+            None
+        }
+    }
+}
+
 /// Parses "N" or "N-M".
 pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     let (lo, hi) = match s.split_once('-') {
@@ -250,22 +335,46 @@ fn valid_domain(d: &str) -> bool {
         && d.contains('.')
 }
 
-/// Parses and validates one rules file. Every problem found is reported, with its location.
+/// Parses and validates one rules file. Every problem found is reported, with its location:
+/// each `[[tool]]` and `[[allow]]` entry is read on its own, so one bad entry does not hide the
+/// problems of the others.
 pub fn parse_rules(file: &str, src: &str) -> Result<RulesFile, RuleErrors> {
-    let parsed: RulesFile = toml::from_str(src).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
-        RuleErrors(vec![RuleError {
-            file: file.to_owned(),
-            line,
-            column,
-            message: e.message().to_owned(),
-        }])
-    })?;
     let mut c = Checker {
         file,
         src,
         errors: Vec::new(),
     };
+    let doc = match toml::de::DeTable::parse(src) {
+        Ok(d) => d,
+        Err(e) => {
+            c.err(e.span().unwrap_or(0..0), e.message());
+            return Err(RuleErrors(c.errors));
+        }
+    };
+    let mut parsed = RulesFile::default();
+    for (key, value) in doc.into_inner() {
+        match key.get_ref().as_ref() {
+            "tool" => {
+                for item in entries(&mut c, value, "tool") {
+                    parsed
+                        .tool
+                        .extend(entry::<ToolSpec>(&mut c, item, TOOL_KEYS));
+                }
+            }
+            "allow" => {
+                for item in entries(&mut c, value, "allow") {
+                    parsed
+                        .allow
+                        .extend(entry::<AllowSpec>(&mut c, item, ALLOW_KEYS));
+                }
+            }
+            "context" => parsed.context = entry::<ContextSpec>(&mut c, value, CONTEXT_KEYS),
+            other => c.err(
+                key.span(),
+                format!("unknown key `{other}`, expected `tool`, `allow` or `context`"),
+            ),
+        }
+    }
     let mut seen = BTreeMap::new();
     for t in &parsed.tool {
         let id = t.id.get_ref();
@@ -387,6 +496,7 @@ pub fn parse_rules(file: &str, src: &str) -> Result<RulesFile, RuleErrors> {
     if c.errors.is_empty() {
         Ok(parsed)
     } else {
+        c.errors.sort_by_key(|e| (e.line, e.column));
         Err(RuleErrors(c.errors))
     }
 }
@@ -533,8 +643,8 @@ mod tests {
     fn unknown_key_is_an_error_with_location() {
         let src = "[[tool]]\nid = \"a\"\nname = \"A\"\nseverity = \"high\"\ntechnique = \"T1219\"\nprocess_name = [\"a\"]\n";
         let err = parse_rules("x.toml", src).unwrap_err();
-        assert_eq!(err.0[0].line, 6, "{err}");
-        assert!(err.0[0].message.contains("process_name"), "{err}");
+        let e = err.0.iter().find(|e| e.message.contains("process_name")).expect("reported");
+        assert_eq!((e.line, e.column), (6, 1), "{err}");
     }
 
     #[test]
@@ -554,6 +664,21 @@ ports = [{ ports = "443", proto = "tcp" }, { ports = "9-3", proto = "udp" }]
         assert_eq!(lines, vec![3, 6, 7, 8, 9, 9], "{err}");
         assert!(err.to_string().contains("r.toml:9:"), "{err}");
         assert!(err.to_string().contains("generic"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_other_errors() {
+        let src = "[[tool]]\nid = \"a\"\nname = \"A\"\nseverity = \"high\"\ntechnique = \"T1219\"\ncolour = 1\n\n[[tool]]\nid = \"b\"\nname = \"B\"\nseverity = \"high\"\ntechnique = \"T1219\"\nports = [{ ports = \"443\", proto = \"tcp\" }]\n\n[oops]\n";
+        let err = parse_rules("x.toml", src).unwrap_err();
+        let lines: Vec<usize> = err.0.iter().map(|e| e.line).collect();
+        // tool "a" (line 2) has no indicator left once the unknown key is set aside
+        assert_eq!(lines, vec![2, 6, 13, 15], "{err}");
+        assert!(
+            err.to_string().contains("colour")
+                && err.to_string().contains("generic")
+                && err.to_string().contains("oops"),
+            "{err}"
+        );
     }
 
     #[test]

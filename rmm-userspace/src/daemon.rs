@@ -407,14 +407,28 @@ fn process(
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut reload = None;
     while let Some(msg) = rx.blocking_recv() {
-        let batch = match msg {
+        let mut batch = match msg {
             Msg::Batch(b) => b,
             Msg::Reload(c) => {
                 detector.reload(c);
                 continue;
             }
         };
+        // The two rings are read by separate readers: take every batch already waiting and
+        // order the records by kernel time, so that a process's exec is applied before its
+        // connects and its exit after them.
+        while let Ok(more) = rx.try_recv() {
+            match more {
+                Msg::Batch(b) => batch.extend(b),
+                Msg::Reload(c) => {
+                    reload = Some(c);
+                    break;
+                }
+            }
+        }
+        batch.sort_by_key(|r| decode::record_ts(r));
         for record in &batch {
             match decode::decode(record) {
                 Ok(ev) => {
@@ -436,6 +450,9 @@ fn process(
         // Flush per batch: an operator tailing the output sees events within the poll period.
         if out.flush().is_err() {
             stats.output_errors.fetch_add(1, Relaxed);
+        }
+        if let Some(c) = reload.take() {
+            detector.reload(c);
         }
         // Publish for the metrics endpoint and the status line (once per batch, not per event).
         if let Ok(mut d) = sources.detect.lock() {

@@ -162,6 +162,14 @@ pub fn record_kind(data: &[u8]) -> Result<EventKind, DecodeError> {
     EventKind::try_from(u32::from_ne_bytes(head)).map_err(DecodeError::UnknownKind)
 }
 
+/// The kernel timestamp of a record (`Header::ts_ns`), 0 when it is too short.
+pub fn record_ts(data: &[u8]) -> u64 {
+    const TS: usize = std::mem::offset_of!(Header, ts_ns);
+    data.get(TS..TS + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     Ok(match record_kind(data)? {
         EventKind::Exec => Event::Exec(decode_exec(&read_record::<ExecEvent>(data)?)),

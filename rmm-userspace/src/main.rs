@@ -73,6 +73,9 @@ enum Command {
     },
     /// Print the kernel struct offsets read from BTF (what the exec probe will use).
     Offsets,
+    /// Write the man page (roff) to stdout.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +257,12 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::List { rules, json },
         } => rules_cmd::list(&rules.sources(), json),
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(anyhow::Error::from)
+        }
         Command::Offsets => btf::Btf::from_file(btf::VMLINUX_BTF)
             .and_then(|b| btf::kernel_offsets(&b))
             .map(|o| println!("{o:#?}")),

@@ -1,7 +1,11 @@
 //! The process table: seeded from /proc once the probes are attached, then kept current by
 //! exec, fork and exit events (no polling).
 
-use std::{collections::HashMap, fs, io, path::Path};
+use std::{
+    collections::{HashMap, VecDeque},
+    fs, io,
+    path::Path,
+};
 
 use serde::Serialize;
 
@@ -31,11 +35,21 @@ pub struct SeedReport {
 #[derive(Debug, Default)]
 pub struct ProcTable {
     procs: HashMap<u32, Proc>,
+    /// Exited processes, oldest first: (exit time, pid). They stay visible for
+    /// [`EXIT_GRACE_NS`] so that connect and DNS events from the other ring buffer, which may be
+    /// processed after the exit, still find their process.
+    exited: VecDeque<(u64, u32)>,
+    /// Pids whose current entry is a tombstone, with its exit time.
+    tombstones: HashMap<u32, u64>,
 }
 
+/// How long an exited process stays in the table (kernel time).
+pub const EXIT_GRACE_NS: u64 = 2_000_000_000;
+
 impl ProcTable {
+    /// Processes alive (exited ones kept for the grace period are not counted).
     pub fn len(&self) -> usize {
-        self.procs.len()
+        self.procs.len() - self.tombstones.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,8 +119,10 @@ impl ProcTable {
     /// fork adds the child unless /proc already showed it (it may have exec'd since); exit
     /// removes the process.
     pub fn apply(&mut self, ev: &Event) {
+        self.sweep(event_ts(ev));
         match ev {
             Event::Exec(e) => {
+                self.tombstones.remove(&e.task.pid);
                 self.procs.insert(
                     e.task.pid,
                     Proc {
@@ -137,13 +153,53 @@ impl ProcTable {
                         cgroup_id: f.task.cgroup_id,
                     },
                 };
+                // A tombstone of an earlier process with the same pid is replaced.
+                if self.tombstones.remove(&f.child_pid).is_some() {
+                    self.procs.remove(&f.child_pid);
+                }
                 self.procs.entry(f.child_pid).or_insert(child);
             }
             Event::Exit(x) => {
-                self.procs.remove(&x.task.pid);
+                if self.procs.contains_key(&x.task.pid) {
+                    self.tombstones.insert(x.task.pid, x.task.ts_ns);
+                    self.exited.push_back((x.task.ts_ns, x.task.pid));
+                }
             }
             Event::Connect(_) | Event::Dns(_) | Event::DnsAnswer(_) => {}
         }
+    }
+}
+
+impl ProcTable {
+    /// Removes processes that exited more than [`EXIT_GRACE_NS`] before `now_ns`, unless the
+    /// pid has been reused since (its tombstone is gone or newer).
+    fn sweep(&mut self, now_ns: u64) {
+        while let Some(&(t, pid)) = self.exited.front() {
+            if now_ns < t.saturating_add(EXIT_GRACE_NS) {
+                break;
+            }
+            self.exited.pop_front();
+            if self.tombstones.get(&pid) == Some(&t) {
+                self.tombstones.remove(&pid);
+                self.procs.remove(&pid);
+            }
+        }
+    }
+
+    /// Whether `pid` is in the table and has not exited.
+    pub fn alive(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid) && !self.tombstones.contains_key(&pid)
+    }
+}
+
+fn event_ts(ev: &Event) -> u64 {
+    match ev {
+        Event::Exec(e) => e.task.ts_ns,
+        Event::Fork(f) => f.task.ts_ns,
+        Event::Exit(x) => x.task.ts_ns,
+        Event::Connect(c) => c.task.ts_ns,
+        Event::Dns(d) => d.task.ts_ns,
+        Event::DnsAnswer(a) => a.ts_ns,
     }
 }
 
@@ -255,8 +311,17 @@ mod tests {
             task: task(3),
             exit_code: 0,
         }));
-        assert!(t.get(3).is_none());
-        assert_eq!(t.iter().count(), 2);
+        // Still visible for events of the other ring that are processed after the exit.
+        assert!(t.get(3).is_some() && !t.alive(3));
+        assert_eq!(t.len(), 2);
+        let mut later = task(1);
+        later.ts_ns = EXIT_GRACE_NS + 1;
+        t.apply(&Event::Fork(Fork {
+            task: later,
+            child_pid: 4,
+        }));
+        assert!(t.get(3).is_none(), "gone after the grace period");
+        assert_eq!(t.len(), 3);
     }
 
     #[test]
@@ -275,6 +340,31 @@ mod tests {
             )
         );
         assert!(report.processes > 1);
+    }
+
+    #[test]
+    fn a_reused_pid_replaces_the_tombstone_and_survives_its_sweep() {
+        let mut t = ProcTable::default();
+        t.apply(&Event::Fork(Fork {
+            task: task(1),
+            child_pid: 9,
+        }));
+        t.apply(&Event::Exit(Exit {
+            task: task(9),
+            exit_code: 0,
+        }));
+        t.apply(&Event::Fork(Fork {
+            task: task(1),
+            child_pid: 9,
+        }));
+        assert!(t.alive(9));
+        let mut later = task(1);
+        later.ts_ns = 3 * EXIT_GRACE_NS;
+        t.apply(&Event::Fork(Fork {
+            task: later,
+            child_pid: 10,
+        }));
+        assert!(t.alive(9), "the new process with the reused pid stays");
     }
 
     #[test]
