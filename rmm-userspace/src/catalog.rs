@@ -643,7 +643,11 @@ mod tests {
     fn unknown_key_is_an_error_with_location() {
         let src = "[[tool]]\nid = \"a\"\nname = \"A\"\nseverity = \"high\"\ntechnique = \"T1219\"\nprocess_name = [\"a\"]\n";
         let err = parse_rules("x.toml", src).unwrap_err();
-        let e = err.0.iter().find(|e| e.message.contains("process_name")).expect("reported");
+        let e = err
+            .0
+            .iter()
+            .find(|e| e.message.contains("`process_name`"))
+            .expect("reported");
         assert_eq!((e.line, e.column), (6, 1), "{err}");
     }
 
