@@ -4,6 +4,7 @@
 //! bpf-linker, tracefs), installing only what is missing and saying why.
 
 mod bench;
+mod package;
 mod setup;
 
 use std::{
@@ -36,6 +37,8 @@ enum Task {
     /// Set up, build, then the whole suite: fmt, clippy, unit tests and the root end-to-end
     /// tests against this kernel.
     Test,
+    /// Set up, build the release daemon and the Debian package (target/debian/*.deb).
+    Package,
     /// Set up, build, then measure the daemon's overhead on exec, connect and DNS storms.
     Bench(bench::BenchArgs),
 }
@@ -205,6 +208,10 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::ensure_all()?;
             test()
+        }
+        Task::Package => {
+            setup::ensure_all()?;
+            package::package().map(|_| ())
         }
         Task::Bench(args) => {
             setup::ensure_all()?;
