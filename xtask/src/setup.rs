@@ -11,14 +11,33 @@ use crate::run_cmd;
 
 /// Debian packages and why each is needed.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "rustc 1.96 with LLVM 22, the compiler of the eBPF crate"),
+    (
+        "rustc-web",
+        "rustc 1.96 with LLVM 22, the compiler of the eBPF crate",
+    ),
     ("cargo-web", "the cargo that goes with rustc-web"),
-    ("libstd-rust-web-dev-bpf", "prebuilt core library for the bpfel target (no build-std here)"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core library for the bpfel target (no build-std here)",
+    ),
     ("llvm-22-dev", "LLVM 22 for building bpf-linker"),
-    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
     ("zlib1g-dev", "needed to link bpf-linker"),
     ("libzstd-dev", "needed to link bpf-linker"),
     ("iproute2", "network namespaces for the end-to-end tests"),
+    (
+        "tigervnc-standalone-server",
+        "a real VNC server (Xtigervnc) for the detection tests",
+    ),
+    ("rsyslog", "a real syslog server for the delivery tests"),
+    (
+        "rsyslog-gnutls",
+        "TLS syslog (RFC 5425) for the delivery tests",
+    ),
+    ("openssl", "test certificates for TLS syslog"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -47,8 +66,12 @@ fn ensure_packages() -> Result<()> {
     for (p, why) in &missing {
         println!("xtask: installing Debian package {p}: {why}");
     }
-    run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
-        .context("apt-get update")?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update")?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -60,14 +83,22 @@ fn ensure_packages() -> Result<()> {
 
 fn ensure_bpf_linker() -> Result<()> {
     let bin = cargo_bin_dir().join("bpf-linker");
-    let current = Command::new(&bin).arg("--version").output().ok()
+    let current = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     if current.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    println!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (links the eBPF object; about a minute)");
-    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    println!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (links the eBPF object; about a minute)"
+    );
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     run_cmd(
         Command::new(crate::cargo())
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
