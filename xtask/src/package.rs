@@ -18,7 +18,13 @@ fn ensure_cargo_deb() -> Result<()> {
         return Ok(());
     }
     println!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (builds the .deb)");
-    run_cmd(Command::new(cargo()).args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))
+    run_cmd(Command::new(cargo()).args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))
 }
 
 /// Builds the package and returns its path.
@@ -28,7 +34,10 @@ pub fn package() -> Result<PathBuf> {
     let bin = build_daemon(true)?;
     let man_dir = root.join("target/man");
     fs::create_dir_all(&man_dir).context("creating target/man")?;
-    let roff = Command::new(&bin).arg("manpage").output().context("rendering the man page")?;
+    let roff = Command::new(&bin)
+        .arg("manpage")
+        .output()
+        .context("rendering the man page")?;
     if !roff.status.success() {
         bail!("rmm-monitor manpage failed");
     }
@@ -43,7 +52,13 @@ pub fn package() -> Result<PathBuf> {
     if !out.status.success() {
         bail!("cargo deb failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default());
+    let path = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    );
     if !path.is_file() {
         bail!("cargo deb did not report the package it built (got {path:?})");
     }
