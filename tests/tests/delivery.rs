@@ -25,6 +25,7 @@
 mod delivery {
     pub mod journald;
     pub mod services;
+    pub mod syslog;
 }
 
 use std::{
