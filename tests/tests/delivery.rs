@@ -24,6 +24,7 @@
 
 mod delivery {
     pub mod journald;
+    pub mod metrics;
     pub mod outage;
     pub mod services;
     pub mod syslog;
