@@ -23,6 +23,7 @@
 //! prints `skipped: needs root` and returns.
 
 mod delivery {
+    pub mod config;
     pub mod journald;
     pub mod metrics;
     pub mod outage;
