@@ -403,6 +403,7 @@ fn process(
     for a in inventory {
         sinks.dispatch(a);
     }
+    publish(&sources, &detector, &table);
     let _ = seeded.send(Ok((seed, found)));
 
     let stdout = std::io::stdout();
@@ -454,13 +455,18 @@ fn process(
         if let Some(c) = reload.take() {
             detector.reload(c);
         }
-        // Publish for the metrics endpoint and the status line (once per batch, not per event).
-        if let Ok(mut d) = sources.detect.lock() {
-            d.clone_from(&detector.stats);
-        }
-        sources.processes.store(table.len() as u64, Relaxed);
+        // Published once per batch, not per event.
+        publish(&sources, &detector, &table);
     }
     Ok(detector.stats)
+}
+
+/// Makes the processor's counters visible to the metrics endpoint and the status line.
+fn publish(sources: &metrics::Sources, detector: &Detector, table: &ProcTable) {
+    if let Ok(mut d) = sources.detect.lock() {
+        d.clone_from(&detector.stats);
+    }
+    sources.processes.store(table.len() as u64, Relaxed);
 }
 
 fn write_json(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {

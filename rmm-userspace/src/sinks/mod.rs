@@ -216,14 +216,16 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
         // daemon stops (the queue behind it fills up meanwhile and drops are counted).
         loop {
             if !connected {
-                std::thread::sleep(backoff);
+                // Shutting down with the sink still down: what is queued is dropped (and
+                // counted) at once rather than waiting out the back-off.
+                if c.closing.load(Relaxed) {
+                    c.dropped.fetch_add(1, Relaxed);
+                    break;
+                }
+                sleep_unless_closing(backoff, &c.closing);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 connected = reconnect(&mut *sink, &name, &c);
                 if !connected {
-                    if c.closing.load(Relaxed) {
-                        c.dropped.fetch_add(1, Relaxed);
-                        break;
-                    }
                     continue;
                 }
             }
@@ -245,6 +247,18 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
         }
     }
     let _ = sink.flush();
+}
+
+/// Sleeps up to `d`, returning early once the daemon starts shutting down.
+fn sleep_unless_closing(d: Duration, closing: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !closing.load(Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 fn reconnect(sink: &mut dyn Deliver, name: &str, c: &SinkCounters) -> bool {
