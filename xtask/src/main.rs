@@ -4,6 +4,7 @@
 //! bpf-linker, tracefs), installing only what is missing and saying why.
 
 mod bench;
+mod image;
 mod package;
 mod setup;
 
@@ -39,6 +40,9 @@ enum Task {
     Test,
     /// Set up, build the release daemon and the Debian package (target/debian/*.deb).
     Package,
+    /// Set up, build the release daemon and import it as the OCI image localhost/rmm-monitor:dev
+    /// (offline, with podman; see deploy/container/README.md).
+    Image,
     /// Set up, build, then measure the daemon's overhead on exec, connect and DNS storms.
     Bench(bench::BenchArgs),
 }
@@ -212,6 +216,10 @@ fn main() -> Result<()> {
         Task::Package => {
             setup::ensure_all()?;
             package::package().map(|_| ())
+        }
+        Task::Image => {
+            setup::ensure_all()?;
+            image::image().map(|_| ())
         }
         Task::Bench(args) => {
             setup::ensure_all()?;
