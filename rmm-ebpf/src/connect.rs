@@ -2,67 +2,29 @@
 //! connect hooks (protocol, and connects that never pass the syscall, such as io_uring).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
 use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect_source};
 
 use crate::maps::{
-    NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop, fill_header, submit_flags,
+    CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
+    fill_header, submit_flags,
 };
 
-/// `syscalls/sys_enter_connect`: reads `fd` (offset 16) and `uservaddr` (offset 24); keeps
-/// AF_INET and AF_INET6 destinations until the syscall returns.
+/// `syscalls/sys_enter_connect`: reads `fd` (offset 16). Only marks this CPU: the destination
+/// and protocol come from the cgroup hook (kernel memory, no user-memory read), and a connect on
+/// a non-INET socket, which never reaches the hook, costs nothing more.
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format file.
-    let (Ok(fd), Ok(addr)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe {
-        ctx.read_at::<u64>(24)
-    }) else {
-        return 0;
-    };
-    if addr == 0 {
-        return 0;
-    }
-    let addr = addr as *const u8;
-    // SAFETY: user memory; failed reads are errors, not faults.
-    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
-        return 0;
-    };
-    let mut pending = PendingConnect {
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        fd: fd as i32,
-        family,
-        dport: 0,
-        protocol: 0,
-        _pad: [0; 7],
-        daddr: [0; 16],
-    };
-    // SAFETY (both arms): user memory, read by the helper.
-    match family {
-        AF_INET => {
-            let Ok(sin) = (unsafe { bpf_probe_read_user(addr as *const [u8; 8]) }) else {
-                return 0;
-            };
-            pending.dport = u16::from_be_bytes([sin[2], sin[3]]);
-            pending.daddr[..4].copy_from_slice(&sin[4..8]);
+    // SAFETY: offset from the tracepoint's format file.
+    let fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs do not nest on a CPU for this tracepoint.
+        unsafe {
+            *mark = ConnectMark { pid_tgid: bpf_get_current_pid_tgid(), ts_ns: bpf_ktime_get_ns(), fd };
         }
-        AF_INET6 => {
-            let Ok(sin6) = (unsafe { bpf_probe_read_user(addr as *const [u8; 24]) }) else {
-                return 0;
-            };
-            pending.dport = u16::from_be_bytes([sin6[2], sin6[3]]);
-            pending.daddr.copy_from_slice(&sin6[8..24]);
-        }
-        _ => return 0,
-    }
-    if PENDING_CONNECT
-        .insert(&bpf_get_current_pid_tgid(), &pending, 0)
-        .is_err()
-    {
-        count_drop(DropReason::ConnectPendingFull);
     }
     0
 }
@@ -144,19 +106,19 @@ pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
     1
 }
 
-/// Annotates the pending syscall with the protocol, or reports a connect that did not come
-/// through `connect(2)` on this thread.
+/// Longest time from `sys_enter_connect` to the cgroup hook of the same connect.
+const MARK_FRESH_NS: u64 = 50_000_000;
+
+/// Records the destination for `sys_exit_connect` when this connect came through the syscall
+/// on this thread (this CPU's mark); otherwise (io_uring, a kernel-internal connect, or a thread
+/// that migrated between entry and hook) reports it at once without a result.
 #[inline(always)]
 fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32) {
     let key = bpf_get_current_pid_tgid();
-    if let Some(p) = PENDING_CONNECT.get_ptr_mut(&key) {
-        // SAFETY: the value belongs to this thread's in-flight syscall.
-        unsafe { (*p).protocol = protocol as u8 };
-        return;
-    }
-    let p = PendingConnect {
-        // SAFETY: helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut p = PendingConnect {
+        start_ns: now,
         fd: -1,
         family,
         dport: u16::from_be(user_port as u16),
@@ -164,5 +126,18 @@ fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32
         _pad: [0; 7],
         daddr,
     };
+    if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let m = unsafe { &mut *mark };
+        if m.pid_tgid == key && now.saturating_sub(m.ts_ns) < MARK_FRESH_NS {
+            p.start_ns = m.ts_ns;
+            p.fd = m.fd as i32;
+            m.pid_tgid = 0;
+            if PENDING_CONNECT.insert(&key, &p, 0).is_err() {
+                count_drop(DropReason::ConnectPendingFull);
+            }
+            return;
+        }
+    }
     emit(&p, 0, connect_source::CGROUP_ONLY);
 }

@@ -69,12 +69,90 @@ fn ip_header(ctx: &SkBuffContext, ingress: bool) -> Option<(u16, usize, [u8; 16]
     }
 }
 
+/// Reads the headers straight from the linear packet data (no helper call: most packets are
+/// TCP and must cost as little as possible). Returns `None` when the packet is not UDP or the
+/// headers are not in the linear part; `Some(None)` for UDP that is not DNS.
 #[inline(always)]
-fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
+fn fast_path(
+    ctx: &SkBuffContext,
+    ingress: bool,
+) -> Option<Option<(u16, usize, [u8; 16], u16, u16)>> {
+    // SAFETY: reading the data/data_end fields of the context; the verifier turns them into
+    // packet pointers and every access below is bounds-checked against data_end.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    let mut remote = [0u8; 16];
+    let (family, ihl) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            if data + 20 > end {
+                return None;
+            }
+            // SAFETY: 20 bytes checked above.
+            let (vihl, proto, frag) = unsafe {
+                (
+                    *(data as *const u8),
+                    *((data + 9) as *const u8),
+                    u16::from_be_bytes(*((data + 6) as *const [u8; 2])),
+                )
+            };
+            if proto != IPPROTO_UDP || frag & 0x1fff != 0 {
+                return Some(None);
+            }
+            // SAFETY: within the 20 checked bytes.
+            let a: [u8; 4] = unsafe { *((data + if ingress { 12 } else { 16 }) as *const [u8; 4]) };
+            remote[..4].copy_from_slice(&a);
+            (AF_INET, ((vihl & 0x0f) as usize) * 4)
+        }
+        ETH_P_IPV6 => {
+            if data + 40 > end {
+                return None;
+            }
+            // SAFETY: 40 bytes checked above.
+            if unsafe { *((data + 6) as *const u8) } != IPPROTO_UDP {
+                return Some(None);
+            }
+            // SAFETY: as above.
+            remote = unsafe { *((data + if ingress { 8 } else { 24 }) as *const [u8; 16]) };
+            (AF_INET6, 40)
+        }
+        _ => return Some(None),
+    };
+    let udp = data + ihl;
+    if udp + UDP_HEADER_LEN > end {
+        return None;
+    }
+    // SAFETY: 8 bytes checked above.
+    let h = unsafe { *(udp as *const [u8; 8]) };
+    let sport = u16::from_be_bytes([h[0], h[1]]);
+    let dport = u16::from_be_bytes([h[2], h[3]]);
+    Some(Some((family, ihl, remote, sport, dport)))
+}
+
+/// The same with `bpf_skb_load_bytes`, for headers outside the linear data.
+#[inline(always)]
+fn slow_path(ctx: &SkBuffContext, ingress: bool) -> Option<(u16, usize, [u8; 16], u16, u16)> {
     let (family, l4, remote) = ip_header(ctx, ingress)?;
     let udp: [u8; 8] = ctx.load(l4).ok()?;
-    let sport = u16::from_be_bytes([udp[0], udp[1]]);
-    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    Some((
+        family,
+        l4,
+        remote,
+        u16::from_be_bytes([udp[0], udp[1]]),
+        u16::from_be_bytes([udp[2], udp[3]]),
+    ))
+}
+
+#[inline(always)]
+fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
+    let (family, l4, remote, sport, dport) = match fast_path(ctx, ingress) {
+        Some(Some(h)) => h,
+        Some(None) => return None,
+        None => slow_path(ctx, ingress)?,
+    };
     let (remote_port, local_port) = if ingress {
         (sport, dport)
     } else {
@@ -82,6 +160,14 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
     };
     if remote_port != DNS_PORT {
         return None;
+    }
+    if ingress {
+        // Answers matter only for the addresses they carry: skip those without answer
+        // records (NXDOMAIN, NODATA) before paying for a record.
+        let counts: [u8; 8] = ctx.load(l4 + UDP_HEADER_LEN + 4).ok()?;
+        if counts[2] == 0 && counts[3] == 0 {
+            return None;
+        }
     }
     let payload_off = l4 + UDP_HEADER_LEN;
     let total = (ctx.len() as usize).checked_sub(payload_off)?;

@@ -39,6 +39,20 @@ pub struct PendingConnect {
 #[map]
 pub static PENDING_CONNECT: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16384, 0);
 
+/// Set by `sys_enter_connect` on its CPU: which thread entered `connect(2)`, when, on which fd.
+/// The cgroup hook that follows on the same CPU knows from it that the connect came through the
+/// syscall (a result will follow at `sys_exit_connect`); otherwise (io_uring) it reports alone.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectMark {
+    pub pid_tgid: u64,
+    pub ts_ns: u64,
+    pub fd: i64,
+}
+
+#[map]
+pub static CONNECT_MARK: PerCpuArray<ConnectMark> = PerCpuArray::with_max_entries(1, 0);
+
 /// Kernel struct offsets, written by the daemon before load.
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
