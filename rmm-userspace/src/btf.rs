@@ -42,7 +42,9 @@ struct Type {
 pub struct Btf {
     /// Index = type id (0 is `void`).
     types: Vec<Type>,
-    strings: Vec<u8>,
+    /// The whole file; strings are read in place (the string section is a few MB: no copy).
+    data: Vec<u8>,
+    strings: std::ops::Range<usize>,
     structs_by_name: HashMap<String, u32>,
 }
 
@@ -56,28 +58,29 @@ fn u32_at(data: &[u8], off: usize) -> Result<u32> {
 impl Btf {
     pub fn from_file(path: &str) -> Result<Btf> {
         let data = std::fs::read(path).with_context(|| format!("reading BTF from {path}"))?;
-        Btf::parse(&data).with_context(|| format!("parsing BTF from {path}"))
+        Btf::parse(data).with_context(|| format!("parsing BTF from {path}"))
     }
 
-    pub fn parse(data: &[u8]) -> Result<Btf> {
+    pub fn parse(data: Vec<u8>) -> Result<Btf> {
         ensure!(data.len() >= 24, "BTF shorter than its header");
         let magic = u16::from_le_bytes([data[0], data[1]]);
         ensure!(
             magic == BTF_MAGIC,
             "bad BTF magic {magic:#x} (only little-endian BTF is read)"
         );
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
         let types_data = data
             .get(hdr_len + type_off..hdr_len + type_off + type_len)
             .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| anyhow!("BTF string section out of bounds"))?
-            .to_vec();
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        ensure!(
+            strings.end <= data.len(),
+            "BTF string section out of bounds"
+        );
 
         let mut types = vec![Type {
             name: 0,
@@ -135,6 +138,7 @@ impl Btf {
 
         let mut btf = Btf {
             types,
+            data,
             strings,
             structs_by_name: HashMap::new(),
         };
@@ -149,8 +153,7 @@ impl Btf {
     }
 
     fn string(&self, off: u32) -> Result<&str> {
-        let rest = self
-            .strings
+        let rest = self.data[self.strings.clone()]
             .get(off as usize..)
             .ok_or_else(|| anyhow!("BTF string offset {off} out of bounds"))?;
         let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
@@ -273,7 +276,7 @@ mod tests {
 
     #[test]
     fn finds_members_through_anonymous_unions() {
-        let btf = Btf::parse(&sample()).expect("sample parses");
+        let btf = Btf::parse(sample()).expect("sample parses");
         assert_eq!(btf.member_offset("outer", "a").expect("a"), 0);
         assert_eq!(btf.member_offset("outer", "c").expect("c"), 4);
         assert!(btf.member_offset("outer", "zz").is_err());
@@ -284,7 +287,7 @@ mod tests {
     fn truncated_input_is_an_error() {
         let data = sample();
         for cut in [0, 10, 30, data.len() - 3] {
-            assert!(Btf::parse(&data[..cut]).is_err(), "cut at {cut}");
+            assert!(Btf::parse(data[..cut].to_vec()).is_err(), "cut at {cut}");
         }
     }
 

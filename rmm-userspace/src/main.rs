@@ -147,10 +147,10 @@ struct RunArgs {
     sinks: SinkArgs,
     #[command(flatten)]
     rules: RuleArgs,
-    /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size; default 8 MiB).
+    /// Size in bytes of the exec/fork/exit ring buffer (power of two, >= page size; default 2 MiB).
     #[arg(long)]
     proc_ring_bytes: Option<u32>,
-    /// Size in bytes of the connect/DNS ring buffer (power of two, >= page size; default 8 MiB).
+    /// Size in bytes of the connect/DNS ring buffer (power of two, >= page size; default 2 MiB).
     #[arg(long)]
     net_ring_bytes: Option<u32>,
     /// Wake the reader once this many bytes wait in a ring (0 = on every event; default 256 KiB);
@@ -175,8 +175,8 @@ fn resolve(a: &RunArgs, c: &config::Config) -> daemon::RunOptions {
     let ca = &c.alerts;
     daemon::RunOptions {
         load: probes::LoadOptions {
-            proc_ring_bytes: a.proc_ring_bytes.or(c.rings.proc_bytes).unwrap_or(8 << 20),
-            net_ring_bytes: a.net_ring_bytes.or(c.rings.net_bytes).unwrap_or(8 << 20),
+            proc_ring_bytes: a.proc_ring_bytes.or(c.rings.proc_bytes).unwrap_or(2 << 20),
+            net_ring_bytes: a.net_ring_bytes.or(c.rings.net_bytes).unwrap_or(2 << 20),
             wakeup_bytes: a.wakeup_bytes.or(c.rings.wakeup_bytes).unwrap_or(256 << 10),
         },
         events: a
@@ -226,6 +226,11 @@ fn resolve(a: &RunArgs, c: &config::Config) -> daemon::RunOptions {
 }
 
 fn main() -> ExitCode {
+    // Start-up parses two copies of the kernel's BTF (ours for the offsets, aya's for the
+    // loader), several MB each: allocations that large get their own mappings, returned to the
+    // system when freed, so they do not stay in the daemon's resident size.
+    // SAFETY: called first, before any other thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let cli = Cli::parse();
     env_logger::Builder::new()
         .filter_level(cli.log_level)
