@@ -23,7 +23,11 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; programs do not nest on a CPU for this tracepoint.
         unsafe {
-            *mark = ConnectMark { pid_tgid: bpf_get_current_pid_tgid(), ts_ns: bpf_ktime_get_ns(), fd };
+            *mark = ConnectMark {
+                pid_tgid: bpf_get_current_pid_tgid(),
+                ts_ns: bpf_ktime_get_ns(),
+                fd,
+            };
         }
     }
     0
