@@ -406,8 +406,9 @@ fn process(
     publish(&sources, &detector, &table);
     let _ = seeded.send(Ok((seed, found)));
 
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    // Not `stdout().lock()`: a JSON sink on stdout writes from its own thread and must not wait
+    // for this one to finish. Each flush takes the lock briefly, one batch at a time.
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout());
     let mut reload = None;
     while let Some(msg) = rx.blocking_recv() {
         let mut batch = match msg {

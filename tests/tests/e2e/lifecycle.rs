@@ -359,3 +359,21 @@ fn broken_stdout_is_counted_not_fatal() {
         stopped.final_stats()
     );
 }
+
+#[test]
+fn alerts_on_stdout_stream_while_events_do() {
+    root_or_skip!("alerts_on_stdout_stream_while_events_do");
+    // Alerts and raw events share stdout (`--json -` with `--events json`): an alert must come
+    // out while the daemon runs, not only at shutdown.
+    let dir = TempDir::new("stdout-alert");
+    let exe = dir.copy_executable("/bin/true", "anydesk");
+    let m = Monitor::start(&["--json", "-"]);
+    run_bounded(&exe, &[nonce()]);
+    let exe = exe.to_str().expect("utf-8 path").to_owned();
+    let alert = m.wait_for("the anydesk alert on stdout", |e| {
+        e["event"]["kind"] == "alert" && e["process"]["executable"] == exe.as_str()
+    });
+    assert_eq!(alert["rmm"]["tool"], "anydesk", "{alert}");
+    let stopped = m.stop();
+    assert_eq!(stopped.status.code(), Some(0));
+}
