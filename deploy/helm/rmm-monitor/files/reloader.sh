@@ -33,17 +33,17 @@ log() { echo "rmm-reloader: $*" >&2; }
 # The cgroup of process $1 as this process sees it: the cgroup v2 path (the "0::" line), else
 # the path of the first line (a cgroup v1 only node).
 cgroup_of() {
-    first=
-    while IFS= read -r line; do
-        case $line in
+    _first=
+    while IFS= read -r _line; do
+        case $_line in
         0::*)
-            echo "${line#0::}"
+            echo "${_line#0::}"
             return 0
             ;;
         esac
-        [ -n "$first" ] || first=${line#*:*:}
+        [ -n "$_first" ] || _first=${_line#*:*:}
     done 2>/dev/null <"/proc/$1/cgroup" || return 1
-    [ -n "$first" ] && echo "$first"
+    [ -n "$_first" ] && echo "$_first"
 }
 
 # The parent of cgroup path $1, lexically: "/" (the root of a cgroup namespace) has "/..".
@@ -51,8 +51,8 @@ parent_of() {
     case $1 in
     /) echo /.. ;;
     *)
-        p=${1%/*}
-        echo "${p:-/}"
+        _parent=${1%/*}
+        echo "${_parent:-/}"
         ;;
     esac
 }
@@ -63,34 +63,36 @@ own=$(cgroup_of self) || {
 }
 pod=$(parent_of "$own")
 
-# Prints the pid of the daemon of this pod.
+# Prints the pid of the daemon of this pod. (Shell functions share their variables with the
+# caller: the helpers' names start with an underscore.)
 find_daemon() {
-    for d in /proc/[0-9]*; do
-        c=
-        read -r c 2>/dev/null <"$d/comm" || continue
-        [ "$c" = "$name" ] || continue
-        cg=$(cgroup_of "${d#/proc/}") || continue
-        [ "$cg" != "$own" ] || continue
-        if [ "$(parent_of "$cg")" = "$pod" ]; then
-            echo "${d#/proc/}"
+    for _d in /proc/[0-9]*; do
+        _comm=
+        read -r _comm 2>/dev/null <"$_d/comm" || continue
+        [ "$_comm" = "$name" ] || continue
+        _cg=$(cgroup_of "${_d#/proc/}") || continue
+        [ "$_cg" != "$own" ] || continue
+        if [ "$(parent_of "$_cg")" = "$pod" ]; then
+            echo "${_d#/proc/}"
             return 0
         fi
     done
     return 1
 }
 
+# Is $1 (still) the daemon's pid?
 is_daemon() {
-    c=
-    [ -n "$1" ] && read -r c 2>/dev/null <"/proc/$1/comm" && [ "$c" = "$name" ]
+    _comm=
+    [ -n "$1" ] && read -r _comm 2>/dev/null <"/proc/$1/comm" && [ "$_comm" = "$name" ]
 }
 
 rules_sum() {
     (
         cd "$dir" 2>/dev/null || exit 0
-        for f in rules.d/*.toml; do
-            [ -f "$f" ] || continue
-            echo "== $f"
-            cat "$f"
+        for _f in rules.d/*.toml; do
+            [ -f "$_f" ] || continue
+            echo "== $_f"
+            cat "$_f"
         done
     ) | cksum
 }
@@ -108,19 +110,19 @@ while :; do
     # In the background, so that SIGTERM ends the loop at once.
     sleep "$interval" &
     wait $!
-    r=$(rules_sum)
-    c=$(config_sum)
-    [ "$r" = "$rules" ] && [ "$c" = "$config" ] && continue
+    new_rules=$(rules_sum)
+    new_config=$(config_sum)
+    [ "$new_rules" = "$rules" ] && [ "$new_config" = "$config" ] && continue
     is_daemon "$pid" || pid=$(find_daemon) || pid=
     if [ -z "$pid" ]; then
         log "the configuration changed but no $name process of this pod is running; will retry"
         continue
     fi
-    if [ "$c" != "$config" ]; then
+    if [ "$new_config" != "$config" ]; then
         log "config.toml changed: SIGTERM to $name (pid $pid); its container restarts with the new file"
-        kill -TERM "$pid" && config=$c && rules=$r
+        kill -TERM "$pid" && config=$new_config && rules=$new_rules
     else
         log "rules changed: SIGHUP to $name (pid $pid)"
-        kill -HUP "$pid" && rules=$r
+        kill -HUP "$pid" && rules=$new_rules
     fi
 done
