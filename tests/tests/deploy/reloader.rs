@@ -1,9 +1,13 @@
 //! The reloader sidecar (deploy/helm/rmm-monitor/files/reloader.sh) against a real daemon, the
 //! way the pod lays them out: the daemon and the reloader in two sibling cgroups under a "pod"
 //! cgroup, a decoy process also named rmm-monitor in another cgroup (an rmm-monitor of the
-//! node or of another pod, all visible with hostPID). Once with the reloader in a cgroup
-//! namespace of its own (containerd on cgroup v2 nodes), once without (cgroup v1 nodes, or
-//! runtimes that share the host's).
+//! node or of another pod, all visible with hostPID). With the reloader in a cgroup namespace of
+//! its own (containerd on cgroup v2 nodes) and without (cgroup v1 nodes, or runtimes that share
+//! the host's); under dash and under busybox's sh (the chart's default reloader image is
+//! busybox).
+
+/// busybox (the Debian package busybox), whose `sh` stands in for the reloader image's.
+const BUSYBOX: &str = "/bin/busybox";
 
 use std::{
     path::{Path, PathBuf},
@@ -84,7 +88,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn round(cgroupns: bool) {
+/// `shell` runs the script: "/bin/sh" or "/bin/busybox sh".
+fn round(cgroupns: bool, shell: &str) {
     let tag = nonce();
     let root = cgroup2_root();
     let pod = CgroupDir::new(root.join(format!("rmm-deploy-pod-{tag}")));
@@ -135,21 +140,32 @@ fn round(cgroupns: bool) {
     let script = chart_dir().join("files/reloader.sh");
     let log = scratch.path().join("reloader.log");
     let run = if cgroupns {
-        "exec unshare --cgroup /bin/sh \"$1\""
+        format!("exec /usr/bin/unshare --cgroup {shell} \"$1\"")
     } else {
-        "exec /bin/sh \"$1\""
+        format!("exec {shell} \"$1\"")
     };
     let wrapper = format!(
         "echo $$ > '{}/cgroup.procs' && {run}",
         reloader_cg.0.display()
     );
     let log_file = std::fs::File::create(&log).expect("creating the reloader log");
+    // Under busybox, its own cat and sleep too, as in the busybox image.
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    if shell.starts_with(BUSYBOX) {
+        let applets = scratch.path().join("busybox-bin");
+        std::fs::create_dir(&applets).expect("mkdir");
+        for a in ["cat", "sleep"] {
+            std::os::unix::fs::symlink(BUSYBOX, applets.join(a)).expect("symlinking an applet");
+        }
+        path = path_str(&applets).to_owned();
+    }
     let mut reloader = Proc(
         Command::new("/bin/sh")
             .args(["-c", &wrapper, "reloader", path_str(&script)])
             .env("RMM_RELOAD_DIR", &etc)
             .env("RMM_RELOAD_INTERVAL", "1")
             .env("RMM_RELOAD_COMM", "rmm-monitor")
+            .env("PATH", &path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -174,7 +190,7 @@ fn round(cgroupns: bool) {
     };
     assert!(
         watching.contains(&format!("(cgroup {own}, pod {parent})")),
-        "cgroupns={cgroupns}: {watching}"
+        "cgroupns={cgroupns} {shell}: {watching}"
     );
 
     // A rules change: SIGHUP, and the daemon reloads.
@@ -195,7 +211,7 @@ fn round(cgroupns: bool) {
     );
     assert!(
         line.contains(&format!("(pid {})", daemon.pid())),
-        "cgroupns={cgroupns}: signalled another process: {line} (daemon {}, decoys {decoy_pids:?})",
+        "cgroupns={cgroupns} {shell}: signalled another process: {line} (daemon {}, decoys {decoy_pids:?})",
         daemon.pid(),
     );
     daemon.wait_for_log("the rules reload", |m| {
@@ -210,7 +226,7 @@ fn round(cgroupns: bool) {
     let stopped = daemon.stop_with(0);
     assert!(
         stopped.status.success(),
-        "cgroupns={cgroupns}: exit after the reloader's SIGTERM: {}",
+        "cgroupns={cgroupns} {shell}: exit after the reloader's SIGTERM: {}",
         stopped.status
     );
     assert!(
@@ -233,7 +249,7 @@ fn round(cgroupns: bool) {
     );
     assert!(status.success(), "reloader exit: {status}");
     println!(
-        "cgroupns={cgroupns}: reloader stopped in {:?}; log:\n{}",
+        "cgroupns={cgroupns} {shell}: reloader stopped in {:?}; log:\n{}",
         started.elapsed(),
         read(&log)
     );
@@ -245,6 +261,11 @@ fn round(cgroupns: bool) {
 fn reloader_signals_only_the_daemon_of_its_pod() {
     root_or_skip!("reloader_signals_only_the_daemon_of_its_pod");
     let _root = root_lock();
-    round(true);
-    round(false);
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: install the Debian package busybox"
+    );
+    round(true, "/bin/sh");
+    round(false, "/bin/sh");
+    round(true, &format!("{BUSYBOX} sh"));
 }

@@ -3,8 +3,8 @@
 # changes to the daemon in the first container without restarting the pod.
 #
 # The kubelet refreshes a ConfigMap volume in place (an atomic swap of its files, within about a
-# minute of the change). Every RMM_RELOAD_INTERVAL seconds this loop checksums what is mounted
-# under RMM_RELOAD_DIR and, when something changed:
+# minute of the change). Every RMM_RELOAD_INTERVAL seconds this loop reads what is mounted under
+# RMM_RELOAD_DIR and compares it with what it read before; when something changed:
 #   - rules.d/*.toml: sends SIGHUP; the daemon reloads its rules in place (a broken file is
 #     logged and the previous rules stay active);
 #   - config.toml: sends SIGTERM; the daemon drains and exits 0 and the kubelet restarts its
@@ -21,7 +21,7 @@
 # /proc/PID/comm and /proc/PID/cgroup are world-readable and kill(2) only needs the same uid
 # (0) as the target: this container needs no capability at all.
 #
-# Needs a POSIX sh, cat, cksum and sleep (busybox or coreutils).
+# Needs a POSIX sh, cat and sleep (busybox or coreutils).
 set -u
 
 dir=${RMM_RELOAD_DIR:-/etc/rmm-monitor}
@@ -86,7 +86,8 @@ is_daemon() {
     [ -n "$1" ] && read -r _comm 2>/dev/null <"/proc/$1/comm" && [ "$_comm" = "$name" ]
 }
 
-rules_sum() {
+# The names and contents of the rules files (a ConfigMap holds at most 1 MiB).
+rules_text() {
     (
         cd "$dir" 2>/dev/null || exit 0
         for _f in rules.d/*.toml; do
@@ -94,24 +95,24 @@ rules_sum() {
             echo "== $_f"
             cat "$_f"
         done
-    ) | cksum
+    )
 }
 
-config_sum() {
-    cat "$dir/config.toml" 2>/dev/null | cksum
+config_text() {
+    cat "$dir/config.toml" 2>/dev/null
 }
 
 trap 'exit 0' TERM INT
 log "watching $dir every ${interval}s for the $name process of this pod (cgroup $own, pod $pod)"
-rules=$(rules_sum)
-config=$(config_sum)
+rules=$(rules_text)
+config=$(config_text)
 pid=
 while :; do
     # In the background, so that SIGTERM ends the loop at once.
     sleep "$interval" &
     wait $!
-    new_rules=$(rules_sum)
-    new_config=$(config_sum)
+    new_rules=$(rules_text)
+    new_config=$(config_text)
     [ "$new_rules" = "$rules" ] && [ "$new_config" = "$config" ] && continue
     is_daemon "$pid" || pid=$(find_daemon) || pid=
     if [ -z "$pid" ]; then
