@@ -269,3 +269,18 @@ fn reloader_signals_only_the_daemon_of_its_pod() {
     round(false, "/bin/sh");
     round(true, &format!("{BUSYBOX} sh"));
 }
+
+#[test]
+fn reloader_script_passes_shellcheck() {
+    let shellcheck = Path::new("/usr/bin/shellcheck");
+    assert!(
+        shellcheck.is_file(),
+        "{} is missing: install the Debian package shellcheck",
+        shellcheck.display()
+    );
+    let script = chart_dir().join("files/reloader.sh");
+    crate::run_ok(
+        shellcheck,
+        &["--shell=sh", "--severity=style", path_str(&script)],
+    );
+}
