@@ -9,8 +9,9 @@
 //!   (same capabilities) and the design (read-only mounts, probes, ports); the ConfigMaps'
 //!   files pass `rmm-monitor config check` / `rules check`. No root needed.
 //! - `reloader`: the sidecar's script against a real daemon in a sibling cgroup, with and
-//!   without a cgroup namespace, next to a decoy `rmm-monitor` elsewhere: rules changes give
-//!   SIGHUP, a config change SIGTERM, the decoy gets nothing. Root.
+//!   without a cgroup namespace, next to decoys named `rmm-monitor` elsewhere: rules changes give
+//!   SIGHUP, a config change SIGTERM, the decoys get nothing; under dash and busybox sh. Root.
+//!   And shellcheck on the script.
 //! - `package`: `dpkg -i` of the package built by `cargo xtask package`, `systemd-analyze
 //!   verify` and `security`, the installed daemon started as the unit starts it (its
 //!   capability set, NoNewPrivileges, SecureBits, UMask, sd_notify socket, watchdog), an alert
@@ -19,6 +20,8 @@
 //! The Python tools come from PyPI: kubernetes-validate, checkov and helm-python-sdk (see
 //! [`PIP_PACKAGES`]). They are looked up in `$RMM_DEPLOY_TOOLS/bin`, then in the virtualenv
 //! `target/deploy-tools/bin`, then on PATH; a missing one fails the test naming its package.
+//! Debian packages: busybox and shellcheck (reloader), systemd (journald, journalctl,
+//! systemd-analyze), util-linux (setpriv, unshare).
 
 mod deploy {
     pub mod manifests;
