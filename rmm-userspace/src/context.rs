@@ -521,6 +521,10 @@ mod tests {
             Some("podman")
         );
         assert_eq!(pod_uid("/kubepods.slice/kubepods-podnotauid.slice"), None);
+        // Inside a pod's own cgroup namespace /proc/PID/cgroup shows paths relative to it.
+        let rel = format!("/../../kubepods-burstable-pod{u}.slice/cri-containerd-{id}.scope");
+        assert_eq!(pod_uid(&rel).as_deref(), Some(UID));
+        assert_eq!(container_id(&rel).as_deref(), Some(id));
     }
 
     #[test]

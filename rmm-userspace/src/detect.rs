@@ -174,7 +174,14 @@ fn monotonic_ns() -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// `host.hostname`: `$RMM_HOSTNAME` when set (in a Kubernetes pod the UTS name is the pod's:
+/// the chart sets the node's name there), else the kernel's host name.
 pub fn hostname() -> String {
+    if let Ok(h) = std::env::var("RMM_HOSTNAME")
+        && !h.trim().is_empty()
+    {
+        return h.trim().to_owned();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()

@@ -163,6 +163,9 @@ fn test() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the end-to-end tests load eBPF programs and must run as root");
     }
+    // The deployment tests install the Debian package and run the daemon's container image.
+    let deb = package::package()?;
+    let image = image::image()?;
     println!("xtask: cargo test (unit and end-to-end, real kernel)");
     run_cmd(
         Command::new(cargo())
@@ -177,7 +180,10 @@ fn test() -> Result<()> {
                 "--test-threads=1",
             ])
             .env("RMM_EBPF_OBJECT", &object)
-            .env("RMM_MONITOR_BIN", &daemon),
+            .env("RMM_MONITOR_BIN", &daemon)
+            .env("RMM_DEB", &deb)
+            .env("RMM_IMAGE", &image)
+            .env("RMM_DEPLOY_TOOLS", setup::deploy_tools_dir()),
     )
 }
 

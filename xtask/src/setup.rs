@@ -38,6 +38,26 @@ const PACKAGES: &[(&str, &str)] = &[
         "TLS syslog (RFC 5425) for the delivery tests",
     ),
     ("openssl", "test certificates for TLS syslog"),
+    (
+        "podman",
+        "real containers for the container tests and `cargo xtask image`",
+    ),
+    (
+        "runc",
+        "the OCI runtime podman uses here (crun refuses this hybrid cgroup layout)",
+    ),
+    (
+        "busybox",
+        "the shell of the Kubernetes reloader sidecar, run by the deploy tests",
+    ),
+    (
+        "shellcheck",
+        "lint of the reloader script in the deploy tests",
+    ),
+    (
+        "python3-venv",
+        "the virtualenv that holds the Kubernetes validation tools",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -116,11 +136,61 @@ fn ensure_tracefs() -> Result<()> {
     run_cmd(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
+/// Python tools of the deploy tests, pinned, in their own virtualenv (installing checkov into
+/// the system Python replaces packages other tools need).
+const PIP_PACKAGES: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "checkov==3.3.30",
+    "helm-python-sdk==0.2.2",
+];
+
+pub fn deploy_tools_dir() -> std::path::PathBuf {
+    crate::workspace_root().join("target/deploy-tools")
+}
+
+fn ensure_deploy_tools() -> Result<()> {
+    let venv = deploy_tools_dir();
+    let pip = venv.join("bin/pip");
+    let frozen = Command::new(&pip)
+        .args(["freeze", "--disable-pip-version-check"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_lowercase())
+        .unwrap_or_default();
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !frozen.lines().any(|l| l == p.to_lowercase()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !pip.exists() {
+        println!(
+            "xtask: creating the virtualenv {} for the Kubernetes validation tools",
+            venv.display()
+        );
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv")?;
+    }
+    println!(
+        "xtask: installing {} into {} (chart rendering, schema validation and security lint of the deploy tests)",
+        missing.join(" "),
+        venv.display()
+    );
+    run_cmd(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+    )
+    .context("pip install of the deploy tools")
+}
+
 pub fn ensure_all() -> Result<()> {
     if !Path::new("/usr/bin/dpkg-query").exists() {
         bail!("this set-up expects a Debian machine (dpkg-query not found)");
     }
     ensure_packages()?;
     ensure_bpf_linker()?;
+    ensure_deploy_tools()?;
     ensure_tracefs()
 }
