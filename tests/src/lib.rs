@@ -23,6 +23,16 @@ use std::{
 pub use monitor::{Monitor, Stopped};
 pub use serde_json::Value;
 
+/// Returns from the test (after saying why) unless running as root.
+#[macro_export]
+macro_rules! root_or_skip {
+    ($name:expr) => {
+        if !rmm_tests::require_root($name) {
+            return;
+        }
+    };
+}
+
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -41,15 +41,7 @@ use std::{
 
 use rmm_tests::{Monitor, Stopped, TempDir, Value};
 
-/// Returns from the test (after saying why) unless running as root.
-#[macro_export]
-macro_rules! root_or_skip {
-    ($name:expr) => {
-        if !rmm_tests::require_root($name) {
-            return;
-        }
-    };
-}
+pub use rmm_tests::root_or_skip;
 
 /// How long an alert may take to reach a file, a syslog server or the journal.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);

@@ -39,15 +39,7 @@ use std::{
 
 use rmm_tests::{HelperRun, Value, run_bounded};
 
-/// Returns from the test (after saying why) unless running as root.
-#[macro_export]
-macro_rules! root_or_skip {
-    ($name:expr) => {
-        if !rmm_tests::require_root($name) {
-            return;
-        }
-    };
-}
+pub use rmm_tests::root_or_skip;
 
 /// The PyPI packages (and versions) the deployment tests were written against.
 pub const PIP_PACKAGES: &str = "kubernetes-validate==1.37.0 checkov==3.3.30 helm-python-sdk==0.2.2";

@@ -15,15 +15,7 @@ use std::path::Path;
 
 use rmm_tests::HelperRun;
 
-/// Returns from the test (after saying why) unless running as root.
-#[macro_export]
-macro_rules! root_or_skip {
-    ($name:expr) => {
-        if !rmm_tests::require_root($name) {
-            return;
-        }
-    };
-}
+pub use rmm_tests::root_or_skip;
 
 pub fn helper_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rmm-probe-helper"))
