@@ -208,20 +208,66 @@ impl Containers {
         if let Some(p) = self.by_id.get(&cgroup_id) {
             return Some(p.clone());
         }
-        // Walk at most every 5 s: a flood of unknown ids must not become a flood of walks.
+        let root = crate::probes::cgroup2_root().ok()?;
+        if let Some(p) = path_by_id(&root, cgroup_id) {
+            if self.by_id.len() >= 65_536 {
+                self.by_id.clear();
+            }
+            self.by_id.insert(cgroup_id, p.clone());
+            return Some(p);
+        }
+        // Without open_by_handle_at (no CAP_DAC_READ_SEARCH): walk the hierarchy.
+        // Walk at most every 50 ms: a flood of unknown ids must not become a flood of walks,
+        // but the cgroup of a short-lived process in a new container must still be found.
         if self
             .last_walk
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(50))
         {
             return None;
         }
         self.last_walk = Some(Instant::now());
-        if let Ok(root) = crate::probes::cgroup2_root() {
-            self.by_id.clear();
-            walk_cgroups(&root, &root, 0, &mut self.by_id);
-        }
+        self.by_id.clear();
+        walk_cgroups(&root, &root, 0, &mut self.by_id);
         self.by_id.get(&cgroup_id).cloned()
     }
+}
+
+/// `FILEID_KERNFS`: a cgroup v2 file handle is its 64-bit id.
+const FILEID_KERNFS: i32 = 0xfe;
+
+/// Opens the cgroup directory whose id the kernel reported (the way systemd and bpftool
+/// resolve cgroup ids) and reads its path back: O(1), and it works after the process exited.
+fn path_by_id(root: &Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    let mount = fs::File::open(root).ok()?;
+    let mut h = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a valid directory fd and a file_handle of the declared size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut h as *mut KernfsHandle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a new file descriptor that we own.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let target = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let rel = target.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.display()).replace("//", "/"))
 }
 
 fn walk_cgroups(root: &Path, dir: &Path, depth: u32, out: &mut HashMap<u64, String>) {
@@ -318,13 +364,13 @@ pub struct Pod {
 pub const DEFAULT_PODS_LOG_DIR: &str = "/var/log/pods";
 
 /// Pod names and namespaces from what every node has without the API server: the kubelet's
-/// log directories `/var/log/pods/<namespace>_<pod>_<uid>`. Cached; re-read on a miss at most
-/// every 5 seconds.
+/// log directories `/var/log/pods/<namespace>_<pod>_<uid>`. Cached; re-listed when a new uid
+/// is not in the cache.
 #[derive(Debug)]
 pub struct Pods {
     dir: PathBuf,
     by_uid: HashMap<String, (String, String)>,
-    last_read: Option<Instant>,
+    misses: HashMap<String, Instant>,
 }
 
 impl Default for Pods {
@@ -338,17 +384,26 @@ impl Pods {
         Pods {
             dir: dir.to_owned(),
             by_uid: HashMap::new(),
-            last_read: None,
+            misses: HashMap::new(),
         }
     }
 
     pub fn lookup(&mut self, uid: &str) -> Pod {
+        // A new uid triggers one listing; a uid that was just looked up in vain is not
+        // listed again for a second (a flood of alerts from one unknown pod costs nothing).
         if !self.by_uid.contains_key(uid)
             && self
-                .last_read
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                .misses
+                .get(uid)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.refresh();
+            if !self.by_uid.contains_key(uid) {
+                if self.misses.len() >= 4096 {
+                    self.misses.clear();
+                }
+                self.misses.insert(uid.to_owned(), Instant::now());
+            }
         }
         let found = self.by_uid.get(uid);
         Pod {
@@ -359,7 +414,6 @@ impl Pods {
     }
 
     fn refresh(&mut self) {
-        self.last_read = Some(Instant::now());
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -445,6 +499,27 @@ mod tests {
             None
         );
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cgroup_ids_resolve_to_paths_through_file_handles() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+            return;
+        }
+        let root = crate::probes::cgroup2_root().expect("cgroup2 mounted");
+        let mine = fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let rel = mine
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("v2 line")
+            .to_owned();
+        let id = fs::metadata(root.join(rel.trim_start_matches('/')))
+            .expect("stat")
+            .ino();
+        assert_eq!(path_by_id(&root, id).as_deref(), Some(rel.as_str()));
+        assert_eq!(path_by_id(&root, u64::MAX), None);
     }
 
     #[test]
