@@ -1,20 +1,30 @@
 //! `cargo xtask bench`: how much the daemon slows real work, and what it costs itself.
 //!
 //! Four storms (exec, loopback connect, DNS by sendto, glibc-style DNS by sendmmsg) run R rounds
-//! each; a round is one storm without the daemon and one with a freshly started daemon, in the
-//! order BM in odd rounds and MB in even ones, so that drift of a shared machine hits both sides.
+//! each; a round is one storm without the daemon (B), one under the floor (F) and one with a
+//! freshly started daemon (M), in the rotating order BFM, FMB, MBF, BFM, ... so that over every
+//! three rounds each side runs once first, once second and once last and drift of a shared
+//! machine hits all three alike. The floor and the daemon ratios of a round share its baseline.
+//! Without bpftrace (or with `--no-floor`) a round is BM in odd rounds and MB in even ones.
+//!
+//! The floor (see `floor.rs`) is bpftrace with a script that only counts, in the kernel, the
+//! hits of the tracepoints an exec/connect/DNS monitor hooks: the price of merely being there,
+//! below which no tracepoint monitor can go. Start it and wait for `ready` → storm → SIGTERM.
+//!
 //! With the daemon: start it and wait for `ready` → CPU snapshot → storm → wait until its stdout
 //! holds every marker (or none new for 2 s) → CPU snapshot → (last exec round: latency probes) →
 //! memory snapshot → SIGTERM → count the storm's unique markers in its stdout.
 //!
 //! Only loopback addresses are used: 127.0.0.1 for the connect storm, 127.0.0.53:53 for DNS.
 
+mod floor;
 mod monitor;
 mod report;
 mod storm;
 mod sys;
 
 use std::{
+    cell::RefCell,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
 };
@@ -22,12 +32,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use floor::{Bpftrace, Floored};
 use monitor::{Daemon, Drain, Markers, ProcSnap, StopReport, Tail};
 use storm::StormResult;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Alternating baseline/monitored rounds per workload.
+    /// Rounds per workload (each: baseline, floor and daemon storms in rotating order).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
     /// Workloads to run, comma-separated (default: all).
@@ -48,9 +59,12 @@ pub struct BenchArgs {
     /// Exec latency probes in the last exec round (0 = none).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=1000))]
     lat_samples: u64,
-    /// Keep the work directory (the daemon's stdout and stderr of every round).
+    /// Keep the work directory (the daemon's and bpftrace's stdout and stderr of every round).
     #[arg(long)]
     keep: bool,
+    /// Skip the floor storms (bpftrace counting on the monitor's tracepoints).
+    #[arg(long)]
+    no_floor: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -107,6 +121,11 @@ struct Ctx {
     n_exec: u64,
     n_connect: u64,
     n_dns: u64,
+    /// bpftrace for the floor storms; None when absent or not wanted.
+    floor: Option<Bpftrace>,
+    /// Why the floor is not measured (absent, not wanted, or failed to start: then the rest
+    /// of the run goes without it).
+    floor_off: RefCell<Option<String>>,
 }
 
 impl Ctx {
@@ -119,10 +138,17 @@ impl Ctx {
         }
     }
 
-    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU. `daemon`: the pid
-    /// of the daemon under test, not to be listed among other tracers.
-    fn storm(&self, wl: Workload, n: u64, daemon: Option<i32>) -> Result<StormResult> {
-        let others = monitor::other_tracers(daemon.as_slice());
+    /// bpftrace when the floor is still measured.
+    fn floor(&self) -> Option<&Bpftrace> {
+        self.floor
+            .as_ref()
+            .filter(|_| self.floor_off.borrow().is_none())
+    }
+
+    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU. `ours`: the pid
+    /// of the daemon or bpftrace under test, not to be listed among other tracers.
+    fn storm(&self, wl: Workload, n: u64, ours: Option<i32>) -> Result<StormResult> {
+        let others = monitor::other_tracers(ours.as_slice());
         let busy0 = sys::machine_busy_s();
         let mut res = match wl {
             Workload::Exec => storm::exec(n, &self.exec_prog, &self.nonce),
@@ -189,13 +215,31 @@ pub struct Monitored {
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     pub round: u32,
+    /// The storms in the order they ran: B baseline, F floor, M daemon.
     pub order: &'static str,
     pub baseline: Option<StormResult>,
     pub monitored: Option<Monitored>,
     /// baseline ops/s ÷ monitored ops/s.
     pub ratio: Option<f64>,
     pub error: Option<String>,
+    pub floor: Option<Floored>,
+    /// baseline ops/s ÷ floor ops/s.
+    pub floor_ratio: Option<f64>,
+    /// ratio − floor_ratio: the daemon's cost above the floor, against the same baseline.
+    pub daemon_minus_floor: Option<f64>,
+    pub floor_error: Option<String>,
     pub loadavg: Option<String>,
+}
+
+/// The storms of round `r` (from 1) in the order they run.
+fn round_order(r: u32, with_floor: bool) -> &'static str {
+    if with_floor {
+        ["BFM", "FMB", "MBF"][((r - 1) % 3) as usize]
+    } else if r % 2 == 1 {
+        "BM"
+    } else {
+        "MB"
+    }
 }
 
 pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
@@ -237,6 +281,22 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", work.path.display()))?;
     let exec_prog = work.path.join(format!("storm-exec-{nonce}"));
     std::fs::copy("/bin/true", &exec_prog).context("copying /bin/true into the work directory")?;
+    let (floor, floor_off) = if args.no_floor {
+        (None, Some("not measured (--no-floor)".to_string()))
+    } else {
+        match Bpftrace::find() {
+            Some(bt) => (Some(bt), None),
+            None => {
+                eprintln!(
+                    "bench: NOTE: bpftrace not found (Debian package `bpftrace`): the FLOOR rows are skipped"
+                );
+                (
+                    None,
+                    Some("not measured: bpftrace not found (Debian package `bpftrace`)".into()),
+                )
+            }
+        }
+    };
     let ctx = Ctx {
         daemon: daemon.to_path_buf(),
         work: work.path.clone(),
@@ -248,11 +308,13 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
         n_exec: args.n_exec,
         n_connect: args.n_connect,
         n_dns: args.n_dns,
+        floor,
+        floor_off: RefCell::new(floor_off),
     };
     let started = std::time::SystemTime::now();
     let t0 = sys::now_s();
     eprintln!(
-        "bench: {} round(s) of {} (nonce {}, daemon {})",
+        "bench: {} round(s) of {} (nonce {}, daemon {}, floor {})",
         ctx.rounds,
         workloads
             .iter()
@@ -260,7 +322,10 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         ctx.nonce,
-        daemon.display()
+        daemon.display(),
+        ctx.floor
+            .as_ref()
+            .map_or("skipped".into(), |b| format!("{} counting", b.version))
     );
 
     let mut results = Vec::new();
@@ -301,7 +366,7 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
     }
     let mut rounds = Vec::new();
     for r in 1..=ctx.rounds {
-        let order = if r % 2 == 1 { "BM" } else { "MB" };
+        let order = round_order(r, ctx.floor().is_some());
         let mut round = Round {
             round: r,
             order,
@@ -309,6 +374,10 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
             monitored: None,
             ratio: None,
             error: None,
+            floor: None,
+            floor_ratio: None,
+            daemon_minus_floor: None,
+            floor_error: None,
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .ok()
                 .map(|s| s.trim().to_string()),
@@ -320,6 +389,16 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
                         .with_context(|| format!("{} storm", wl.name()))?,
                 );
                 sys::sleep_s(0.5)?;
+            } else if phase == 'F' {
+                let Some(bt) = ctx.floor() else { continue };
+                let (f, valid) = floor_storm(ctx, bt, wl, r);
+                round.floor = f;
+                if let Err(e) = valid {
+                    sys::check_stop()?;
+                    eprintln!("bench: [{}] round {r}: floor: {e:#}", wl.name());
+                    round.floor_error = Some(format!("{e:#}"));
+                }
+                sys::sleep_s(1.0)?;
             } else {
                 match monitored(ctx, wl, r) {
                     Ok(m) => {
@@ -352,6 +431,21 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
         {
             round.ratio = Some(b / m);
         }
+        // A floor whose probes missed storm operations (floor_error) gives no ratio.
+        let f = round
+            .floor
+            .as_ref()
+            .filter(|_| round.floor_error.is_none())
+            .and_then(|f| f.storm.as_ref())
+            .map(|s| s.ops_per_s);
+        if let (Some(b), Some(f)) = (b, f)
+            && f > 0.0
+        {
+            round.floor_ratio = Some(b / f);
+        }
+        if let (Some(m), Some(f)) = (round.ratio, round.floor_ratio) {
+            round.daemon_minus_floor = Some(m - f);
+        }
         eprintln!(
             "bench: [{}] round {r}/{} ({order}): {}",
             wl.name(),
@@ -361,6 +455,52 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
         rounds.push(round);
     }
     Ok(report::WorkloadResult::new(wl, n, rounds))
+}
+
+/// One storm under a fresh floor, and whether it is valid: bpftrace started (if not, the rest
+/// of the run goes without the floor), the storm ran, and its probes counted at least one hit
+/// per successful operation of the storm.
+fn floor_storm(
+    ctx: &Ctx,
+    bt: &Bpftrace,
+    wl: Workload,
+    round: u32,
+) -> (Option<Floored>, Result<()>) {
+    let fl = match floor::Floor::start(bt, &ctx.work.join(format!("{}-r{round}-floor", wl.name())))
+    {
+        Ok(fl) => fl,
+        Err(e) => {
+            if sys::check_stop().is_ok() {
+                eprintln!("bench: NOTE: bpftrace did not start, the FLOOR is skipped from here on");
+                *ctx.floor_off.borrow_mut() = Some(format!(
+                    "not measured from {} round {round} on: bpftrace did not start: {e:#}",
+                    wl.name()
+                ));
+            }
+            return (None, Err(e));
+        }
+    };
+    let n = ctx.n_of(wl);
+    let f = match floor::floored(fl, SETTLE_S, |pid| {
+        ctx.storm(wl, n, Some(pid))
+            .with_context(|| format!("{} storm under the floor", wl.name()))
+    }) {
+        Ok(f) => f,
+        Err(e) => return (None, Err(e)),
+    };
+    let counted = f.stop.as_ref().and_then(|s| s.events);
+    if counted.is_some_and(|c| c >= f.min_events) {
+        return (Some(f), Ok(()));
+    }
+    let e = anyhow::anyhow!(
+        "bpftrace counted {} probe hits, fewer than the storm's {} operations: its probes were not all live (stderr: {})",
+        counted.map_or("no".into(), |c| c.to_string()),
+        f.min_events,
+        f.stop
+            .as_ref()
+            .map_or(String::new(), |s| s.stderr.join(" | "))
+    );
+    (Some(f), Err(e))
 }
 
 /// One storm with a fresh daemon.

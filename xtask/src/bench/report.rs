@@ -4,7 +4,22 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload, storm::StormResult};
+use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload, floor, storm::StormResult};
+
+/// What the daemon should stay within, above the floor's slowdown.
+pub const FLOOR_TARGET: f64 = 0.03;
+
+/// How the floor was measured, or why not.
+#[derive(Debug, Serialize)]
+pub struct FloorMeta {
+    /// bpftrace's path and `--version`, None when it was not found or not wanted.
+    pub bpftrace: Option<floor::Bpftrace>,
+    pub cmd: Option<Vec<String>>,
+    pub script: &'static str,
+    /// Why the floor was not measured (at all, or from some round on).
+    pub skipped: Option<String>,
+    pub target_daemon_minus_floor: f64,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Meta {
@@ -23,12 +38,15 @@ pub struct Meta {
     pub drain_quiet_s: f64,
     pub lat_samples: u64,
     pub cmdline: Vec<String>,
+    pub floor: FloorMeta,
     pub method: Vec<&'static str>,
 }
 
-const METHOD: [&str; 8] = [
+const METHOD: [&str; 10] = [
     "ops/s: operations of one storm / its wall time (CLOCK_MONOTONIC, first op to end of last; setup before the clock)",
-    "slowdown: per round baseline ops/s / monitored ops/s; median and min-max over rounds; order BM in odd rounds, MB in even",
+    "slowdown: per round baseline ops/s / monitored ops/s (daemon or floor); median and min-max over rounds",
+    "rounds: B baseline, F floor, M daemon storm, in the order BFM, FMB, MBF, BFM, ... (each side first, second and last once in every three rounds); without the floor BM in odd rounds, MB in even; 0.5 s pause after B, 1 s after F and M",
+    "floor: bpftrace -B line -e <meta.floor.script>, started fresh per round, storm after its BEGIN `ready` line (printed only once every probe is attached) and 0.2 s; SIGTERM after the storm; @events = probe hits while it ran, a round whose count is below the storm's successful operations is failed; daemon - floor = per round, daemon slowdown - floor slowdown (same baseline), median and min-max over rounds; daemon_minus_floor_of_medians = difference of the two medians",
     "lost: issued - seen, worst round; seen = unique storm markers in the daemon's JSON stdout (exec: args hold sx<nonce>.<i>; connect: daddr 127.0.0.1 and dport = base+i; dns: qname = q<i>.storm-<nonce>.test)",
     "daemon CPU: sum of /proc/PID/task/*/schedstat run time, just before the storm to catch-up (all markers out, or none new for 2 s); per 1000 storm operations issued",
     "peak RSS: VmHWM of the daemon from /proc/PID/status just before SIGTERM, largest over rounds",
@@ -65,6 +83,13 @@ impl Meta {
             drain_quiet_s: DRAIN_QUIET_S,
             lat_samples: ctx.lat_samples,
             cmdline: std::env::args().collect(),
+            floor: FloorMeta {
+                bpftrace: ctx.floor.clone(),
+                cmd: ctx.floor.as_ref().map(floor::Bpftrace::cmd),
+                script: floor::SCRIPT,
+                skipped: ctx.floor_off.borrow().clone(),
+                target_daemon_minus_floor: FLOOR_TARGET,
+            },
             method: METHOD.to_vec(),
         }
     }
@@ -98,15 +123,34 @@ pub struct Summary {
     pub latency: Option<Latency>,
     pub kernel_drops_per_round: Vec<Option<u64>>,
     pub storm_errors: u64,
-    /// Whole-machine busy CPUs during the storms (baseline and monitored), min and max.
+    /// Whole-machine busy CPUs during the storms (baseline, floor and daemon), min and max.
     pub busy_cpus_min: Option<f64>,
     pub busy_cpus_max: Option<f64>,
     pub drain_s_max: Option<f64>,
     pub drains_not_complete: usize,
     pub failed_rounds: Vec<String>,
     /// Other monitors or tracers (by comm) running at the start of some round: their probes
-    /// fire on the storms too, on both sides, and their CPU use is noise.
+    /// fire on the storms too, on all sides, and their CPU use is noise.
     pub other_tracers_seen: Vec<String>,
+    /// The floor: rounds with a valid floor storm, its ops/s and slowdown.
+    pub floor_rounds_ok: usize,
+    pub floor_ops_median: Option<f64>,
+    pub floor_ratio_median: Option<f64>,
+    pub floor_ratio_min: Option<f64>,
+    pub floor_ratio_max: Option<f64>,
+    /// bpftrace's @events (probe hits of the whole machine while it ran), per floor round.
+    pub floor_events_per_round: Vec<Option<u64>>,
+    pub floor_ready_s_max: Option<f64>,
+    pub floor_failed_rounds: Vec<String>,
+    /// Median over rounds of ratio − floor_ratio (both against the round's own baseline, so
+    /// a baseline storm that ran fast or slow shifts both alike): the headline.
+    pub daemon_minus_floor: Option<f64>,
+    /// ratio_median − floor_ratio_median, for reference.
+    pub daemon_minus_floor_of_medians: Option<f64>,
+    /// Per round: ratio − floor_ratio.
+    pub daemon_minus_floor_per_round: Vec<f64>,
+    pub daemon_minus_floor_round_min: Option<f64>,
+    pub daemon_minus_floor_round_max: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,8 +223,17 @@ impl WorkloadResult {
                     max_ms: fmax(&seen),
                 }
             });
+        let floors: Vec<_> = rounds.iter().filter_map(|r| r.floor.as_ref()).collect();
+        let floor_ratios: Vec<f64> = rounds.iter().filter_map(|r| r.floor_ratio).collect();
+        let floor_ops: Vec<f64> = rounds
+            .iter()
+            .filter(|r| r.floor_ratio.is_some())
+            .filter_map(|r| Some(r.floor.as_ref()?.storm.as_ref()?.ops_per_s))
+            .collect();
+        let diffs: Vec<f64> = rounds.iter().filter_map(|r| r.daemon_minus_floor).collect();
         let busy: Vec<f64> = storms(&rounds).filter_map(|s| s.busy_cpus).collect();
         let storm_errors = storms(&rounds).map(|s| s.errors).sum();
+        let (ratio_median, floor_ratio_median) = (median(&ratios), median(&floor_ratios));
         let summary = Summary {
             workload: wl.name(),
             n,
@@ -188,7 +241,7 @@ impl WorkloadResult {
             rounds_ok: ratios.len(),
             baseline_ops_median: median(&base_ops),
             monitored_ops_median: median(&mon_ops),
-            ratio_median: median(&ratios),
+            ratio_median,
             ratio_min: fmin(&ratios),
             ratio_max: fmax(&ratios),
             seen_per_round: mons.iter().map(|m| m.seen).collect(),
@@ -231,18 +284,38 @@ impl WorkloadResult {
                 v.dedup();
                 v
             },
+            floor_rounds_ok: floor_ratios.len(),
+            floor_ops_median: median(&floor_ops),
+            floor_ratio_median,
+            floor_ratio_min: fmin(&floor_ratios),
+            floor_ratio_max: fmax(&floor_ratios),
+            floor_events_per_round: floors
+                .iter()
+                .map(|f| f.stop.as_ref().and_then(|s| s.events))
+                .collect(),
+            floor_ready_s_max: fmax(&floors.iter().map(|f| f.ready_s).collect::<Vec<_>>()),
+            floor_failed_rounds: rounds
+                .iter()
+                .filter_map(|r| Some(format!("round {}: {}", r.round, r.floor_error.as_ref()?)))
+                .collect(),
+            daemon_minus_floor: median(&diffs),
+            daemon_minus_floor_of_medians: ratio_median.zip(floor_ratio_median).map(|(m, f)| m - f),
+            daemon_minus_floor_per_round: diffs.clone(),
+            daemon_minus_floor_round_min: fmin(&diffs),
+            daemon_minus_floor_round_max: fmax(&diffs),
         };
         WorkloadResult { summary, rounds }
     }
 }
 
-/// The storms of some rounds, baseline and monitored.
+/// The storms of some rounds: baseline, floor and daemon.
 fn storms(rounds: &[Round]) -> impl Iterator<Item = &StormResult> {
     rounds
         .iter()
         .flat_map(|r| {
             [
                 r.baseline.as_ref(),
+                r.floor.as_ref().and_then(|f| f.storm.as_ref()),
                 r.monitored.as_ref().and_then(|m| m.storm.as_ref()),
             ]
         })
@@ -259,12 +332,26 @@ pub fn round_line(r: &Round) -> String {
     if let Some(b) = &r.baseline {
         let _ = write!(s, "baseline {:.0}/s{}", b.ops_per_s, busy(b));
     }
+    if let Some(f) = &r.floor {
+        if let Some(st) = &f.storm {
+            let _ = write!(s, ", floor {:.0}/s{}", st.ops_per_s, busy(st));
+        }
+        if let Some(x) = r.floor_ratio {
+            let _ = write!(s, ", floor ratio {x:.3}");
+        }
+        if let Some(c) = f.stop.as_ref().and_then(|s| s.events) {
+            let _ = write!(s, " ({c} probe hits)");
+        }
+    }
     if let Some(m) = &r.monitored {
         if let Some(st) = &m.storm {
             let _ = write!(s, ", with daemon {:.0}/s{}", st.ops_per_s, busy(st));
         }
         if let Some(x) = r.ratio {
             let _ = write!(s, ", ratio {x:.3}");
+        }
+        if let Some(d) = r.daemon_minus_floor {
+            let _ = write!(s, " (floor {d:+.3})");
         }
         let _ = write!(s, ", seen {}/{}", m.seen, m.issued);
         if let Some(c) = m.cpu_s {
@@ -285,6 +372,9 @@ pub fn round_line(r: &Round) -> String {
     others.dedup();
     if !others.is_empty() {
         let _ = write!(s, "; other tracers running: {}", others.join(" "));
+    }
+    if let Some(e) = &r.floor_error {
+        let _ = write!(s, "; FLOOR FAILED: {e}");
     }
     if let Some(e) = &r.error {
         let _ = write!(s, "; FAILED: {e}");
@@ -324,10 +414,12 @@ impl Doc {
     pub fn table(&self) -> String {
         let head = [
             "workload",
+            "monitor",
             "N",
             "baseline ops/s",
-            "with daemon ops/s",
+            "monitored ops/s",
             "slowdown median (min–max)",
+            "daemon − floor median (min…max)",
             "events lost, worst round",
             "daemon CPU ms / 1k events",
             "peak RSS MB",
@@ -338,8 +430,41 @@ impl Doc {
         let mut notes = Vec::new();
         let mut cpu_note: Vec<String> = Vec::new();
         let mut busy_note: Vec<String> = Vec::new();
+        let ratio = |m: Option<f64>, lo: Option<f64>, hi: Option<f64>| match (m, lo, hi) {
+            (Some(m), Some(lo), Some(hi)) => format!("{m:.3} ({lo:.3}–{hi:.3})"),
+            _ => "–".into(),
+        };
         for r in &self.results {
             let s = &r.summary;
+            // A FLOOR row wherever a floor storm was tried.
+            if r.rounds
+                .iter()
+                .any(|r| r.floor.is_some() || r.floor_error.is_some())
+            {
+                rows.push(vec![
+                    s.workload.into(),
+                    "FLOOR".into(),
+                    thousands(s.n as f64),
+                    s.baseline_ops_median.map_or("–".into(), thousands),
+                    s.floor_ops_median.map_or("–".into(), thousands),
+                    ratio(s.floor_ratio_median, s.floor_ratio_min, s.floor_ratio_max),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+            let diff = match (
+                s.daemon_minus_floor,
+                s.daemon_minus_floor_round_min,
+                s.daemon_minus_floor_round_max,
+            ) {
+                (Some(d), Some(lo), Some(hi)) => format!("{d:+.3} ({lo:+.3}…{hi:+.3})"),
+                (Some(d), _, _) => format!("{d:+.3}"),
+                _ => "–".into(),
+            };
             let lost = match (
                 s.lost_worst,
                 s.seen_per_round.iter().min(),
@@ -371,13 +496,12 @@ impl Doc {
             };
             rows.push(vec![
                 s.workload.into(),
+                "daemon".into(),
                 thousands(s.n as f64),
                 s.baseline_ops_median.map_or("–".into(), thousands),
                 s.monitored_ops_median.map_or("–".into(), thousands),
-                match (s.ratio_median, s.ratio_min, s.ratio_max) {
-                    (Some(m), Some(lo), Some(hi)) => format!("{m:.3} ({lo:.3}–{hi:.3})"),
-                    _ => "–".into(),
-                },
+                ratio(s.ratio_median, s.ratio_min, s.ratio_max),
+                diff,
                 lost,
                 opt(s.cpu_s_per_1k_median.map(|x| x * 1000.0), 2),
                 opt(s.peak_rss_kb.map(|k| k as f64 / 1024.0), 1),
@@ -387,7 +511,7 @@ impl Doc {
             let w = s.workload;
             if s.storm_errors > 0 {
                 notes.push(format!(
-                    "{w}: {} storm operations failed (both sides, all rounds)",
+                    "{w}: {} storm operations failed (all sides, all rounds)",
                     s.storm_errors
                 ));
             }
@@ -422,12 +546,35 @@ impl Doc {
             for e in &s.failed_rounds {
                 notes.push(format!("{w}: failed round: {e}"));
             }
+            for e in &s.floor_failed_rounds {
+                notes.push(format!("{w}: FLOOR failed in {e}"));
+            }
             if let (Some(lo), Some(hi)) = (s.busy_cpus_min, s.busy_cpus_max) {
                 busy_note.push(format!("{w} {lo:.1}–{hi:.1}"));
             }
             if let Some(c) = s.cpu_s_median {
                 cpu_note.push(format!("{w} {c:.3} s"));
             }
+        }
+        if let Some(bt) = &self.meta.floor.bpftrace
+            && self.results.iter().any(|r| r.summary.floor_rounds_ok > 0)
+        {
+            notes.push(format!(
+                "FLOOR = {} counting in the kernel on sched_process_exec and sys_enter_connect/sendto/sendmsg/sendmmsg \
+                 (one map update per hit, nothing reaches userspace per event), started fresh per round like the daemon: \
+                 the price of merely having BPF programs on these tracepoints, below which no tracepoint monitor can go; \
+                 its min–max is the noise of this run. Rounds: B = baseline, F = floor, M = daemon storm, in the order BFM, FMB, MBF, …",
+                bt.version
+            ));
+            notes.push(format!(
+                "daemon − floor = per round, the daemon's slowdown − the floor's, both against that round's baseline \
+                 (so a baseline storm that ran fast or slow shifts both alike); median and min…max over rounds \
+                 (target ≤ {FLOOR_TARGET:.2}). The difference of the two median columns is in the JSON \
+                 (daemon_minus_floor_of_medians)"
+            ));
+        }
+        if let Some(why) = &self.meta.floor.skipped {
+            notes.push(format!("FLOOR {why}"));
         }
         if !cpu_note.is_empty() {
             notes.push(format!(
@@ -458,7 +605,7 @@ impl Doc {
                 .enumerate()
                 .map(|(c, (v, w))| {
                     let pad = " ".repeat(w - v.chars().count());
-                    if c == 0 {
+                    if c < 2 {
                         format!(" {v}{pad} ")
                     } else {
                         format!(" {pad}{v} ")
@@ -471,7 +618,7 @@ impl Doc {
                     .iter()
                     .enumerate()
                     .map(|(c, w)| {
-                        if c == 0 {
+                        if c < 2 {
                             "-".repeat(w + 2)
                         } else {
                             format!("{}:", "-".repeat(w + 1))
