@@ -55,6 +55,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "lint of the reloader script in the deploy tests",
     ),
     (
+        "bpftrace",
+        "the benchmark's floor: an in-kernel counter on the same tracepoints",
+    ),
+    (
         "python3-venv",
         "the virtualenv that holds the Kubernetes validation tools",
     ),
