@@ -6,7 +6,7 @@
 //! on top of what /proc showed.
 
 use std::{
-    io::{BufWriter, Write},
+    io::Write,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -406,9 +406,10 @@ fn process(
     publish(&sources, &detector, &table);
     let _ = seeded.send(Ok((seed, found)));
 
-    // Not `stdout().lock()`: a JSON sink on stdout writes from its own thread and must not wait
-    // for this one to finish. Each flush takes the lock briefly, one batch at a time.
-    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout());
+    // Event lines of a batch are written whole under the stdout lock, taken briefly once per
+    // batch: a JSON sink on stdout writes from its own thread and must neither wait for this
+    // one nor split its lines.
+    let mut out: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut reload = None;
     while let Some(msg) = rx.blocking_recv() {
         let mut batch = match msg {
@@ -450,8 +451,11 @@ fn process(
             }
         }
         // Flush per batch: an operator tailing the output sees events within the poll period.
-        if out.flush().is_err() {
-            stats.output_errors.fetch_add(1, Relaxed);
+        if !out.is_empty() {
+            if crate::sinks::json::write_stdout_lines(&out).is_err() {
+                stats.output_errors.fetch_add(1, Relaxed);
+            }
+            out.clear();
         }
         if let Some(c) = reload.take() {
             detector.reload(c);

@@ -1,8 +1,11 @@
 //! Alerts as JSON lines, to stdout or appended to a file (reopened on SIGHUP for logrotate).
+//!
+//! Lines are collected in a buffer and written whole: stdout is shared with the raw event
+//! stream (`--events json`), and a line must never be split by another writer.
 
 use std::{
-    fs::OpenOptions,
-    io::{self, BufWriter, Write},
+    fs::{File, OpenOptions},
+    io::{self, Write},
     path::PathBuf,
 };
 
@@ -11,10 +14,14 @@ use anyhow::{Context, Result};
 use super::Deliver;
 use crate::alert::Alert;
 
+/// Buffered bytes that trigger a write even before the queue runs empty.
+const FLUSH_AT: usize = 64 << 10;
+
 pub struct JsonSink {
     /// `None` is stdout.
     path: Option<PathBuf>,
-    out: Option<BufWriter<Box<dyn Write + Send>>>,
+    file: Option<File>,
+    buf: Vec<u8>,
 }
 
 impl JsonSink {
@@ -22,7 +29,8 @@ impl JsonSink {
     pub fn new(target: &str) -> JsonSink {
         JsonSink {
             path: (target != "-").then(|| PathBuf::from(target)),
-            out: None,
+            file: None,
+            buf: Vec::new(),
         }
     }
 
@@ -38,6 +46,13 @@ impl JsonSink {
     }
 }
 
+/// Writes complete lines to stdout under its lock, in one go.
+pub fn write_stdout_lines(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
 impl Deliver for JsonSink {
     fn describe(&self) -> String {
         match &self.path {
@@ -47,37 +62,41 @@ impl Deliver for JsonSink {
     }
 
     fn connect(&mut self) -> Result<()> {
-        if let Some(out) = &mut self.out {
-            let _ = out.flush();
-        }
-        let w: Box<dyn Write + Send> = match &self.path {
-            None => Box::new(io::stdout()),
-            Some(p) => Box::new(
+        let _ = self.flush();
+        if let Some(p) = &self.path {
+            self.file = Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
                     .with_context(|| format!("opening alert file {}", p.display()))?,
-            ),
-        };
-        self.out = Some(BufWriter::new(w));
+            );
+        }
         Ok(())
     }
 
     fn send(&mut self, alert: &Alert) -> Result<()> {
-        if self.out.is_none() {
-            self.connect()?;
+        serde_json::to_writer(&mut self.buf, alert).context("encoding an alert")?;
+        self.buf.push(b'\n');
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
         }
-        let out = self.out.as_mut().context("alert output not open")?;
-        serde_json::to_writer(&mut *out, alert).context("writing an alert")?;
-        out.write_all(b"\n").context("writing an alert")?;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        if let Some(out) = &mut self.out {
-            out.flush().context("flushing alerts")?;
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let result = match (&self.path, &mut self.file) {
+            (None, _) => write_stdout_lines(&self.buf).context("writing alerts to stdout"),
+            (Some(_), Some(f)) => f.write_all(&self.buf).context("writing alerts"),
+            (Some(p), None) => Err(anyhow::anyhow!("alert file {} is not open", p.display())),
+        };
+        // On failure the lines stay buffered for the retry after a reconnect.
+        if result.is_ok() {
+            self.buf.clear();
+        }
+        result
     }
 }

@@ -377,3 +377,22 @@ fn alerts_on_stdout_stream_while_events_do() {
     let stopped = m.stop();
     assert_eq!(stopped.status.code(), Some(0));
 }
+
+#[test]
+fn alert_and_event_lines_never_interleave_on_stdout() {
+    root_or_skip!("alert_and_event_lines_never_interleave_on_stdout");
+    // Hundreds of alerts (one per process: no de-duplication) written by the sink thread while
+    // the processor writes thousands of event lines to the same stdout: every line must still
+    // be whole JSON.
+    let dir = TempDir::new("interleave");
+    let exe = dir.copy_executable("/bin/true", "anydesk");
+    let target = exe.to_str().expect("utf-8 path").to_owned();
+    let m = Monitor::start(&["--json", "-"]);
+    burst(&target, 400);
+    let alerts = m.wait_for_n("400 anydesk alerts", 400, |e| {
+        e["event"]["kind"] == "alert" && e["process"]["executable"] == target.as_str()
+    });
+    assert_eq!(alerts.len(), 400);
+    let stopped = m.stop();
+    stopped.assert_clean();
+}
