@@ -195,82 +195,117 @@ pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     Ok((ebpf, offsets_ok))
 }
 
-/// Every program in the object, in attach order.
-pub const PROGRAMS: &[&str] = &[
-    "sched_process_exec",
-    "task_newtask",
-    "sched_process_exit",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "cgroup_connect4",
-    "cgroup_connect6",
-    "dns_egress",
-    "dns_ingress",
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// `cgroup/connect4` or `cgroup/connect6` on the cgroup v2 root.
+    SockAddr(&'static str),
+    /// `cgroup_skb/egress` or `/ingress` on the cgroup v2 root.
+    Skb(CgroupSkbAttachType),
+}
+
+/// Every program of the object and its hook, in attach order (process probes first, so the
+/// process table is fed before network events arrive).
+pub const PROBES: &[(&str, Hook)] = &[
+    (
+        "sched_process_exec",
+        Hook::TracePoint {
+            category: "sched",
+            name: "sched_process_exec",
+        },
+    ),
+    (
+        "task_newtask",
+        Hook::TracePoint {
+            category: "task",
+            name: "task_newtask",
+        },
+    ),
+    (
+        "sched_process_exit",
+        Hook::TracePoint {
+            category: "sched",
+            name: "sched_process_exit",
+        },
+    ),
+    (
+        "sys_enter_connect",
+        Hook::TracePoint {
+            category: "syscalls",
+            name: "sys_enter_connect",
+        },
+    ),
+    (
+        "sys_exit_connect",
+        Hook::TracePoint {
+            category: "syscalls",
+            name: "sys_exit_connect",
+        },
+    ),
+    ("cgroup_connect4", Hook::SockAddr("connect4")),
+    ("cgroup_connect6", Hook::SockAddr("connect6")),
+    ("dns_egress", Hook::Skb(CgroupSkbAttachType::Egress)),
+    ("dns_ingress", Hook::Skb(CgroupSkbAttachType::Ingress)),
 ];
+
+impl Hook {
+    fn describe(self, cgroup_root: &std::path::Path) -> String {
+        match self {
+            Hook::TracePoint { category, name } => format!("tracepoint {category}/{name}"),
+            Hook::SockAddr(kind) => format!("cgroup/{kind} on {}", cgroup_root.display()),
+            Hook::Skb(CgroupSkbAttachType::Egress) => {
+                format!("cgroup_skb/egress on {}", cgroup_root.display())
+            }
+            Hook::Skb(CgroupSkbAttachType::Ingress) => {
+                format!("cgroup_skb/ingress on {}", cgroup_root.display())
+            }
+        }
+    }
+}
 
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     let (mut ebpf, offsets_ok) = load_object(opts)?;
-    // cgroup programs are attached as BPF links (kernel >= 5.7): a link never replaces other
-    // programs on the cgroup, and the kernel refuses attach flags on links, hence `Single`.
-    let mut attached = Vec::new();
-    for (prog, category, name) in [
-        ("sched_process_exec", "sched", "sched_process_exec"),
-        ("task_newtask", "task", "task_newtask"),
-        ("sched_process_exit", "sched", "sched_process_exit"),
-        ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-        ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ] {
-        let what = format!("tracepoint {category}/{name}");
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {prog} is not a tracepoint"))?;
-        p.load().map_err(|e| {
-            permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
-        })?;
-        p.attach(category, name).with_context(|| {
-            format!("attaching {what}: does this kernel have it? (ls {TRACEFS}/events/{category}/{name})")
-        })?;
-        attached.push(what);
-    }
-
     let cgroup_root = cgroup2_root()?;
     let cgroup = fs::File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
-    for prog in ["cgroup_connect4", "cgroup_connect6"] {
-        let what = format!(
-            "cgroup/{} on {}",
-            prog.trim_start_matches("cgroup_"),
-            cgroup_root.display()
-        );
-        let p: &mut CgroupSockAddr = ebpf
+    let mut attached = Vec::new();
+    for &(prog, hook) in PROBES {
+        let what = hook.describe(&cgroup_root);
+        let program = ebpf
             .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {prog} is not a cgroup sock_addr program"))?;
-        p.load().map_err(|e| {
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?;
+        let verify = |e: aya::programs::ProgramError| {
             permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
-        })?;
-        p.attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {what}"))?;
-        attached.push(what);
-    }
-    for (prog, attach_type, dir) in [
-        ("dns_egress", CgroupSkbAttachType::Egress, "egress"),
-        ("dns_ingress", CgroupSkbAttachType::Ingress, "ingress"),
-    ] {
-        let what = format!("cgroup_skb/{dir} on {}", cgroup_root.display());
-        let p: &mut CgroupSkb = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {prog} is not a cgroup_skb program"))?;
-        p.load().map_err(|e| {
-            permission_hint(anyhow::Error::new(e).context(format!("loading {what} (verifier)")))
-        })?;
-        p.attach(&cgroup, attach_type, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {what}"))?;
+        };
+        let wrong_type = || format!("program {prog} does not match its hook ({what})");
+        // cgroup programs are attached as BPF links (kernel >= 5.7): a link never replaces
+        // other programs on the cgroup, and the kernel refuses attach flags on links, hence
+        // `Single`.
+        match hook {
+            Hook::TracePoint { category, name } => {
+                let p: &mut TracePoint = program.try_into().with_context(wrong_type)?;
+                p.load().map_err(verify)?;
+                p.attach(category, name).with_context(|| {
+                    format!("attaching {what}: does this kernel have it? (ls {TRACEFS}/events/{category}/{name})")
+                })?;
+            }
+            Hook::SockAddr(_) => {
+                let p: &mut CgroupSockAddr = program.try_into().with_context(wrong_type)?;
+                p.load().map_err(verify)?;
+                p.attach(&cgroup, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {what}"))?;
+            }
+            Hook::Skb(attach_type) => {
+                let p: &mut CgroupSkb = program.try_into().with_context(wrong_type)?;
+                p.load().map_err(verify)?;
+                p.attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {what}"))?;
+            }
+        }
         attached.push(what);
     }
 

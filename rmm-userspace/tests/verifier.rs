@@ -2,7 +2,7 @@
 //! `cargo xtask test`, which builds the object first).
 
 use aya::programs::{CgroupSkb, CgroupSockAddr, TracePoint};
-use rmm_userspace::probes::{self, LoadOptions, PROGRAMS};
+use rmm_userspace::probes::{self, LoadOptions, PROBES};
 
 #[test]
 fn every_program_passes_the_verifier() {
@@ -18,7 +18,7 @@ fn every_program_passes_the_verifier() {
     };
     let (mut ebpf, offsets_ok) = probes::load_object(&opts).expect("object loads (maps, globals)");
     assert!(offsets_ok, "kernel offsets from BTF");
-    for name in PROGRAMS {
+    for (name, _) in PROBES {
         let prog = ebpf
             .program_mut(name)
             .unwrap_or_else(|| panic!("program {name} in the object"));
@@ -37,7 +37,7 @@ fn every_program_passes_the_verifier() {
     }
     assert_eq!(
         ebpf.programs().count(),
-        PROGRAMS.len(),
+        PROBES.len(),
         "every program in the object is attached by the daemon"
     );
 }
