@@ -30,7 +30,7 @@ enum Task {
     /// Set up, then build the eBPF object and the daemon (release).
     Build,
     /// Set up, build, and start `rmm-monitor run` with the given arguments
-    /// (default: `--events json`).
+    /// (none by default: alerts go to journald when it runs, else to stdout as JSON lines).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -200,11 +200,6 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup::ensure_all()?;
             let bin = build_daemon(true)?;
-            let args = if args.is_empty() {
-                vec!["--events".to_string(), "json".to_string()]
-            } else {
-                args
-            };
             let status = Command::new(&bin)
                 .arg("run")
                 .args(&args)
