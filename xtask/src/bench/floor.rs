@@ -32,7 +32,6 @@ tracepoint:syscalls:sys_enter_sendmmsg
 const MEMLOCK_NOISE: &str = "couldn't set RLIMIT_MEMLOCK";
 
 const READY_TIMEOUT_S: f64 = 30.0;
-const STOP_TIMEOUT_S: f64 = 20.0;
 
 /// The bpftrace binary found at the start of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -179,27 +178,7 @@ impl Floor {
     }
 
     fn terminate(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        // SAFETY: the pid is our unreaped child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let t0 = sys::now_s();
-        loop {
-            if let Some(st) = child.try_wait().context("waiting for bpftrace")? {
-                return Ok(Some(st));
-            }
-            if sys::now_s() - t0 > STOP_TIMEOUT_S {
-                eprintln!(
-                    "bench: bpftrace (pid {}) ignored SIGTERM for {STOP_TIMEOUT_S} s: SIGKILL",
-                    self.pid
-                );
-                let _ = child.kill();
-                return Ok(child.wait().ok());
-            }
-            // Not sleep_s: stopping must finish even after a stop signal.
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        sys::terminate(&mut self.child, "bpftrace")
     }
 }
 

@@ -29,7 +29,6 @@ pub struct Daemon {
 }
 
 const READY_TIMEOUT_S: f64 = 60.0;
-const STOP_TIMEOUT_S: f64 = 20.0;
 
 /// True when `line` holds the word `ready` (not e.g. `already`).
 fn is_ready_line(line: &str) -> bool {
@@ -143,27 +142,7 @@ impl Daemon {
     }
 
     fn terminate(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        // SAFETY: the pid is our unreaped child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let t0 = sys::now_s();
-        loop {
-            if let Some(st) = child.try_wait().context("waiting for the daemon")? {
-                return Ok(Some(st));
-            }
-            if sys::now_s() - t0 > STOP_TIMEOUT_S {
-                eprintln!(
-                    "bench: the daemon (pid {}) ignored SIGTERM for {STOP_TIMEOUT_S} s: SIGKILL",
-                    self.pid
-                );
-                let _ = child.kill();
-                return Ok(child.wait().ok());
-            }
-            // Not sleep_s: stopping the daemon must finish even after a stop signal.
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        sys::terminate(&mut self.child, "the daemon")
     }
 }
 

@@ -290,3 +290,36 @@ pub fn machine_busy_s() -> Option<f64> {
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// How long a stopped child (daemon or bpftrace) may take before it is killed.
+pub const STOP_TIMEOUT_S: f64 = 20.0;
+
+/// Sends SIGTERM to a child we own and reaps it, with SIGKILL after [`STOP_TIMEOUT_S`].
+/// `what` names it in messages. Returns `None` when there was no child left.
+pub fn terminate(
+    child: &mut Option<std::process::Child>,
+    what: &str,
+) -> Result<Option<std::process::ExitStatus>> {
+    let Some(mut c) = child.take() else {
+        return Ok(None);
+    };
+    let pid = c.id() as libc::pid_t;
+    // SAFETY: the pid is our unreaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t0 = now_s();
+    loop {
+        if let Some(st) = c
+            .try_wait()
+            .map_err(|e| anyhow::anyhow!("waiting for {what}: {e}"))?
+        {
+            return Ok(Some(st));
+        }
+        if now_s() - t0 > STOP_TIMEOUT_S {
+            eprintln!("bench: {what} (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT_S} s: SIGKILL");
+            let _ = c.kill();
+            return Ok(c.wait().ok());
+        }
+        // Not sleep_s: stopping must finish even after a stop signal.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
