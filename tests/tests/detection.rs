@@ -422,6 +422,22 @@ pub fn assert_match(a: &Value, tool: &str, indicator: &str, matched: &str, actio
     );
 }
 
+/// The context flags an alert of the probe helper carries: it is never packaged, and it runs
+/// from a temp dir when the workspace itself lives in one (a clone under /tmp).
+pub fn helper_flags() -> Vec<&'static str> {
+    let exe = helper_bin().to_string_lossy().into_owned();
+    let in_temp = ["/tmp/", "/var/tmp/", "/dev/shm/"]
+        .iter()
+        .any(|d| exe.starts_with(d))
+        || (exe.contains("/Downloads/")
+            && (exe.starts_with("/home/") || exe.starts_with("/root/")));
+    if in_temp {
+        vec!["temp_dir", "not_packaged"]
+    } else {
+        vec!["not_packaged"]
+    }
+}
+
 /// The context flags (as a set) and the severity they raise `base` to.
 pub fn assert_context(a: &Value, base: &str, flags: &[&str], technique: &str) {
     let got: BTreeSet<String> = strs(&a["rmm"]["context"]).into_iter().collect();

@@ -13,8 +13,8 @@ use rmm_tests::{comm_of, monitor_bin, nonce, run_bounded};
 
 use crate::{
     Daemon, Running, assert_context, assert_context_within, assert_event_process, assert_match,
-    assert_process, helper, helper_comm, own_exe, path_str, read_alerts, root_or_skip, run_ok,
-    strs,
+    assert_process, helper, helper_comm, helper_flags, own_exe, path_str, read_alerts,
+    root_or_skip, run_ok, strs,
 };
 
 /// A directory tree this test created under /opt, removed on drop.
@@ -277,7 +277,7 @@ fn real_vnc_server_alerts_on_exec_and_connect() {
     assert_eq!(a["destination"]["ip"], "127.0.0.1", "{a}");
     assert_eq!(a["destination"]["port"], port, "{a}");
     assert_event_process(&a, run.pid, &helper_comm());
-    assert_context_within(&a, "medium", &["not_packaged"], "T1219.002");
+    assert_context_within(&a, "medium", &helper_flags(), "T1219.002");
     drop(server);
     let f = d.stop();
     assert!(

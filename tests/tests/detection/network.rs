@@ -21,8 +21,8 @@ use rmm_tests::{
 
 use crate::{
     Daemon, assert_context, assert_context_within, assert_event_process, assert_match,
-    assert_process, helper, helper_bin, helper_comm, own_exe, path_str, read_alerts, root_or_skip,
-    strs,
+    assert_process, helper, helper_bin, helper_comm, helper_flags, own_exe, path_str, read_alerts,
+    root_or_skip, strs,
 };
 
 /// The harness responder's address in these tests (answers every A query with 127.0.0.1).
@@ -123,7 +123,7 @@ fn assert_dns_alert(
     assert_eq!(a["destination"]["port"], 53, "{a}");
     assert!(a["destination"]["domain"].is_null(), "{a}");
     // The helper lives in target/: no temp dir, no package.
-    assert_context_within(a, "high", &["not_packaged"], "T1219.002");
+    assert_context_within(a, "high", &helper_flags(), "T1219.002");
     assert_event_process(a, pid, &helper_comm());
 }
 
@@ -270,7 +270,7 @@ fn assert_connect_alert(
     assert_eq!(a["destination"]["ip"], ip, "destination.ip: {a}");
     assert_eq!(a["destination"]["port"], port, "destination.port: {a}");
     assert!(a["dns"].is_null(), "{a}");
-    assert_context_within(a, "high", &["not_packaged"], "T1219.002");
+    assert_context_within(a, "high", &helper_flags(), "T1219.002");
     assert_event_process(a, pid, &helper_comm());
 }
 
@@ -513,6 +513,6 @@ fn network_alerts_of_short_lived_processes_carry_the_process_context() {
         assert_process(a, pid, &helper_comm(), helper_exe, Some((me, &me_exe)));
         assert_eq!(strs(&a["process"]["args"]), args, "process.args: {a}");
         assert_eq!(a["rmm"]["ancestors"][0]["pid"], me, "rmm.ancestors: {a}");
-        assert_context(a, "high", &["not_packaged"], "T1219.002");
+        assert_context(a, "high", &helper_flags(), "T1219.002");
     }
 }
