@@ -37,11 +37,16 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is deleted.
-    let Some(pending) = (unsafe { PENDING_CONNECT.get(&key) }).copied() else {
+    let Some(slot) = PENDING_CONNECT.get_ptr_mut(&key) else {
         return 0;
     };
-    let _ = PENDING_CONNECT.remove(&key);
+    // SAFETY: this thread's own entry; no other program writes it concurrently.
+    let pending = unsafe { *slot };
+    if pending.active == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).active = 0 };
     // SAFETY: offset from the tracepoint's format file.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
     emit(&pending, ret as i32, connect_source::SYSCALL);
@@ -127,7 +132,8 @@ fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32
         family,
         dport: u16::from_be(user_port as u16),
         protocol: protocol as u8,
-        _pad: [0; 7],
+        active: 0,
+        _pad: [0; 6],
         daddr,
     };
     if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
@@ -137,8 +143,15 @@ fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32
             p.start_ns = m.ts_ns;
             p.fd = m.fd as i32;
             m.pid_tgid = 0;
-            if PENDING_CONNECT.insert(&key, &p, 0).is_err() {
-                count_drop(DropReason::ConnectPendingFull);
+            p.active = 1;
+            match PENDING_CONNECT.get_ptr_mut(&key) {
+                // SAFETY: this thread's own entry.
+                Some(slot) => unsafe { *slot = p },
+                None => {
+                    if PENDING_CONNECT.insert(&key, &p, 0).is_err() {
+                        count_drop(DropReason::ConnectPendingFull);
+                    }
+                }
             }
             return;
         }

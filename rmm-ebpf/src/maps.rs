@@ -1,7 +1,7 @@
 //! Maps and globals shared by every program, and the helpers that fill and submit records.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_ns,
@@ -32,12 +32,18 @@ pub struct PendingConnect {
     pub family: u16,
     pub dport: u16,
     pub protocol: u8,
-    pub _pad: [u8; 7],
+    /// 1 from the hook until `sys_exit_connect` has reported it.
+    pub active: u8,
+    pub _pad: [u8; 6],
     pub daddr: [u8; 16],
 }
 
+/// One entry per live thread that has connected, updated in place by each of its connects and
+/// deleted when the thread exits: no insert/delete per connect. Not preallocated, so the memory
+/// follows the number of such threads.
 #[map]
-pub static PENDING_CONNECT: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16384, 0);
+pub static PENDING_CONNECT: HashMap<u64, PendingConnect> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
 /// Set by `sys_enter_connect` on its CPU: which thread entered `connect(2)`, when, on which fd.
 /// The cgroup hook that follows on the same CPU knows from it that the connect came through the

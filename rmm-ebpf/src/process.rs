@@ -2,7 +2,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user_buf,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -12,7 +15,7 @@ use rmm_common::{
 
 use crate::{
     kernel::{read, read_ptr},
-    maps::{PROC_EVENTS, count_drop, fill_header, offsets, submit_flags},
+    maps::{PENDING_CONNECT, PROC_EVENTS, count_drop, fill_header, offsets, submit_flags},
     path::resolve_file_path,
 };
 
@@ -138,6 +141,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 /// thread group is reported.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    // Every exiting thread drops its pending-connect entry (see `PENDING_CONNECT`).
+    let _ = PENDING_CONNECT.remove(&bpf_get_current_pid_tgid());
     // SAFETY: offset from the tracepoint's format file.
     match unsafe { ctx.read_at::<u8>(32) } {
         Ok(0) | Err(_) => return 0,
