@@ -6,6 +6,7 @@
 //! `skipped: needs root` and returns; `cargo xtask test` runs as root, so there they run.
 
 pub mod dnswire;
+pub mod journald;
 pub mod monitor;
 pub mod responder;
 
@@ -379,6 +380,26 @@ pub fn flags(ev: &Value) -> Vec<String> {
 /// `comm` as the kernel keeps it: at most 15 bytes.
 pub fn comm_of(name: &str) -> String {
     name.chars().take(15).collect()
+}
+
+/// Calls `check` every 50 ms until it returns `Some`; fails the test with `what` and `diag()`
+/// after `timeout`.
+pub fn poll<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+    diag: impl Fn() -> String,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if started.elapsed() > timeout {
+            panic!("waited {:?} for {what}; {}", started.elapsed(), diag());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rmm_tests::{Monitor, Stopped, TempDir, Value};
@@ -58,25 +58,7 @@ pub fn own_exe() -> String {
         .into_owned()
 }
 
-/// Calls `check` every 50 ms until it returns `Some`; fails the test with `what` and `diag()`
-/// after `timeout`.
-pub fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    diag: impl Fn() -> String,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if started.elapsed() > timeout {
-            panic!("waited {:?} for {what}; {}", started.elapsed(), diag());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use rmm_tests::poll;
 
 /// A test's scratch directory: an empty `config.toml` (so /etc/rmm-monitor/config.toml is never
 /// read), an empty `rules.d` (so /etc/rmm-monitor/rules.d is never read), and room for alert

@@ -34,7 +34,6 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
 };
 
 use rmm_tests::{HelperRun, Value, run_bounded};
@@ -175,25 +174,7 @@ pub fn root_lock() -> MutexGuard<'static, ()> {
     ROOT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Calls `check` every 50 ms until it returns `Some`; fails the test with `what` and `diag()`
-/// after `timeout`.
-pub fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    diag: impl Fn() -> String,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if started.elapsed() > timeout {
-            panic!("waited {:?} for {what}; {}", started.elapsed(), diag());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use rmm_tests::poll;
 
 /// The `[Service]` settings of a systemd unit file: `(key, value)` in file order.
 pub fn unit_service_settings(text: &str) -> Vec<(String, String)> {

@@ -4,7 +4,6 @@
 
 use std::{
     fmt::Write as _,
-    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -15,8 +14,6 @@ use rmm_tests::{TempDir, Value, run_bounded};
 use crate::{json_lines, path_str, poll};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
-const JOURNALD: &str = "/lib/systemd/systemd-journald";
-pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Stops a child: SIGTERM, up to 5 s, then SIGKILL; always reaped.
@@ -334,59 +331,7 @@ fn listening(port: u16, udp: bool) -> bool {
     })
 }
 
-/// Does a journald answer on its native socket? (The socket file can outlive journald.)
-pub fn journald_answers() -> bool {
-    UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNAL_SOCKET).is_ok())
-}
-
-/// journald for the test: the one already running when its socket answers, else one started
-/// here (`systemd-journald` needs no systemd as PID 1) and stopped on drop.
-pub struct Journald {
-    started: Option<Child>,
-}
-
-impl Journald {
-    pub fn ensure() -> Journald {
-        if journald_answers() {
-            return Journald { started: None };
-        }
-        assert!(
-            Path::new(JOURNALD).is_file(),
-            "{JOURNALD} is missing (Debian package systemd)"
-        );
-        std::fs::create_dir_all("/run/systemd/journal").expect("mkdir /run/systemd/journal");
-        let child = Command::new(JOURNALD)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {JOURNALD}: {e}"));
-        let mut j = Journald {
-            started: Some(child),
-        };
-        let started = Instant::now();
-        while !journald_answers() {
-            let c = j.started.as_mut().expect("started");
-            if let Ok(Some(s)) = c.try_wait() {
-                panic!("{JOURNALD} exited ({s}) before its socket answered");
-            }
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "{JOURNALD} did not answer on {JOURNAL_SOCKET} within {START_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        j
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.started.take() {
-            stop_child(&mut c);
-        }
-    }
-}
+pub use rmm_tests::journald::Journald;
 
 /// The journal entries matching every `FIELD=VALUE` of `matches` (`journalctl -o json`).
 pub fn journal(matches: &[String]) -> Vec<Value> {

@@ -29,8 +29,6 @@ const INSTALLED: &[&str] = &[
     "/etc/rmm-monitor/rules.d",
     UNIT,
 ];
-const JOURNALD: &str = "/lib/systemd/systemd-journald";
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The watchdog interval given to the daemon: the unit's 30 s would take 15 s to show a kick.
 const WATCHDOG_USEC: &str = "2000000";
@@ -106,51 +104,7 @@ impl Drop for Package {
     }
 }
 
-fn journald_answers() -> bool {
-    UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNAL_SOCKET).is_ok())
-}
-
-/// journald: the one that answers, else one started here and stopped on drop.
-struct Journald(Option<Child>);
-
-impl Journald {
-    fn ensure() -> Journald {
-        if journald_answers() {
-            return Journald(None);
-        }
-        assert!(
-            Path::new(JOURNALD).is_file(),
-            "{JOURNALD} is missing (Debian package systemd)"
-        );
-        std::fs::create_dir_all("/run/systemd/journal").expect("mkdir /run/systemd/journal");
-        let child = Command::new(JOURNALD)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {JOURNALD}: {e}"));
-        let mut j = Journald(Some(child));
-        poll(
-            "journald's socket",
-            TIMEOUT,
-            || {
-                let exited = j.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                assert!(exited.is_none(), "{JOURNALD} exited: {exited:?}");
-                journald_answers().then_some(())
-            },
-            || format!("nothing answers on {JOURNAL_SOCKET}"),
-        );
-        j
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            stop(c, libc::SIGTERM);
-        }
-    }
-}
+use rmm_tests::journald::Journald;
 
 /// Signals a child and waits (bounded) for it; SIGKILL when it does not exit.
 fn stop(child: &mut Child, signal: libc::c_int) -> Option<ExitStatus> {
