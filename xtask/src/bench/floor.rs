@@ -5,13 +5,11 @@
 //! slow syscall path. Started fresh for every floor storm, like the daemon.
 
 use std::{
-    fs::File,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{monitor::ProcSnap, storm::StormResult, sys};
@@ -86,32 +84,15 @@ impl Floor {
     /// Starts bpftrace in its own process group and waits (30 s at most) for the `ready` line
     /// on its stdout.
     pub fn start(bt: &Bpftrace, dir: &Path) -> Result<Floor> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stdout = dir.join("stdout.txt");
-        let stderr = dir.join("stderr.log");
-        let out =
-            File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
-        let err =
-            File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         let mut cmd = Command::new(&bt.path);
-        cmd.args(["-B", "line", "-e", SCRIPT])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; the kernel sends SIGTERM to bpftrace if the
-        // bench dies without stopping it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        cmd.args(["-B", "line", "-e", SCRIPT]);
         let t0 = sys::now_s();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bt.path.display()))?;
-        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        let sys::Spawned {
+            child,
+            pid,
+            stdout,
+            stderr,
+        } = sys::spawn_logged(cmd, dir, "stdout.txt")?;
         let mut f = Floor {
             child: Some(child),
             pid,

@@ -6,9 +6,8 @@ use std::{
     borrow::Cow,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus},
 };
 
 use anyhow::{Context, Result, bail};
@@ -43,33 +42,15 @@ impl Daemon {
     /// Starts `<bin> run --events json` in its own process group, stdout and stderr to files
     /// in `dir`, and waits (60 s at most) for a stderr line with the word `ready`.
     pub fn start(bin: &Path, dir: &Path) -> Result<Daemon> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stdout = dir.join("stdout.jsonl");
-        let stderr = dir.join("stderr.log");
-        let out =
-            File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
-        let err =
-            File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.args(["run", "--events", "json"])
-            .env("RMM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel send SIGTERM to the daemon
-        // if the bench dies without stopping it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        cmd.args(["run", "--events", "json"]).env("RMM_LOG", "info");
         let t0 = sys::now_s();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        let sys::Spawned {
+            child,
+            pid,
+            stdout,
+            stderr,
+        } = sys::spawn_logged(cmd, dir, "stdout.jsonl")?;
         let mut d = Daemon {
             child: Some(child),
             pid,

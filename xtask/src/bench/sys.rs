@@ -323,3 +323,50 @@ pub fn terminate(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A child started by [`spawn_logged`].
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub pid: i32,
+    pub stdout: std::path::PathBuf,
+    pub stderr: std::path::PathBuf,
+}
+
+/// Starts `cmd` in its own process group with stdout and stderr to files in `dir`; the kernel
+/// sends it SIGTERM if the bench dies without stopping it.
+pub fn spawn_logged(
+    mut cmd: std::process::Command,
+    dir: &std::path::Path,
+    stdout_name: &str,
+) -> Result<Spawned> {
+    use std::os::unix::process::CommandExt;
+
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stdout = dir.join(stdout_name);
+    let stderr = dir.join("stderr.log");
+    let out =
+        std::fs::File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
+    let err =
+        std::fs::File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    Ok(Spawned {
+        child,
+        pid,
+        stdout,
+        stderr,
+    })
+}
