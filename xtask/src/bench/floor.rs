@@ -12,7 +12,11 @@ use std::{
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use super::{monitor::ProcSnap, storm::StormResult, sys};
+use super::{
+    monitor::{self, ProcSnap},
+    storm::StormResult,
+    sys,
+};
 
 /// The counting script. `ready` from BEGIN is a safe readiness signal: bpftrace reads the
 /// output of BEGIN only after its attach loop, so the line appears once every probe is live
@@ -185,6 +189,9 @@ pub struct FloorStop {
 pub struct Floored {
     pub storm: Option<StormResult>,
     pub ready_s: f64,
+    /// From `ready` to the storm, and whether bpftrace was idle by then.
+    pub settle_s: f64,
+    pub settled: bool,
     /// bpftrace's own CPU and memory (idle after the attach: it only counts in the kernel).
     pub snap_before: ProcSnap,
     pub snap_after: Option<ProcSnap>,
@@ -198,13 +205,15 @@ pub struct Floored {
 /// (not to be listed among other tracers).
 pub fn floored(
     floor: Floor,
-    settle_s: f64,
+    settle: (f64, f64),
     run: impl FnOnce(i32) -> Result<StormResult>,
 ) -> Result<Floored> {
-    sys::sleep_s(settle_s)?;
+    let (settle_s, settled) = monitor::settle(floor.pid, settle.0, settle.1)?;
     let mut f = Floored {
         storm: None,
         ready_s: floor.ready_s,
+        settle_s,
+        settled,
         snap_before: floor.snapshot(),
         snap_after: None,
         min_events: 0,

@@ -1,19 +1,25 @@
 //! `cargo xtask bench`: how much the daemon slows real work, and what it costs itself.
 //!
 //! Four storms (exec, loopback connect, DNS by sendto, glibc-style DNS by sendmmsg) run R rounds
-//! each; a round is one storm without the daemon (B), one under the floor (F) and one with a
-//! freshly started daemon (M), in the rotating order BFM, FMB, MBF, BFM, ... so that over every
-//! three rounds each side runs once first, once second and once last and drift of a shared
-//! machine hits all three alike. The floor and the daemon ratios of a round share its baseline.
-//! Without bpftrace (or with `--no-floor`) a round is BM in odd rounds and MB in even ones.
+//! each; a round has three sides: without the daemon (B), under the floor (F) and with a freshly
+//! started daemon (M), in the rotating order BFM, FMB, MBF, BFM, ... so that over every three
+//! rounds each side runs once first, once second and once last and drift of a shared machine
+//! hits all three alike. The floor and the daemon ratios of a round share its baseline. Without
+//! bpftrace (or with `--no-floor`) a round is BM in odd rounds and MB in even ones.
+//!
+//! A side is K short storms back to back (`--repeats`), and its rate is the fastest of them:
+//! this machine kind has slow phases, up to a second or two long, in which everything runs up
+//! to a third slower, and a storm that falls into one measures the neighbours rather than the
+//! monitor. The rates over all K storms and all their time are kept beside it (`all time`).
 //!
 //! The floor (see `floor.rs`) is bpftrace with a script that only counts, in the kernel, the
 //! hits of the tracepoints an exec/connect/DNS monitor hooks: the price of merely being there,
 //! below which no tracepoint monitor can go. Start it and wait for `ready` → storm → SIGTERM.
 //!
-//! With the daemon: start it and wait for `ready` → CPU snapshot → storm → wait until its stdout
-//! holds every marker (or none new for 2 s) → CPU snapshot → (last exec round: latency probes) →
-//! memory snapshot → SIGTERM → count the storm's unique markers in its stdout.
+//! With the daemon: start it and wait for `ready` and for it to go idle → CPU snapshot → storms
+//! → wait until its stdout holds every marker (or none new for 2 s) → CPU snapshot → (last exec
+//! round: latency probes) → memory snapshot → SIGTERM → count the storms' unique markers in its
+//! stdout.
 //!
 //! Only loopback addresses are used: 127.0.0.1 for the connect storm, 127.0.0.53:53 for DNS.
 
@@ -38,20 +44,27 @@ use storm::StormResult;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Rounds per workload (each: baseline, floor and daemon storms in rotating order).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    /// Rounds per workload (each: baseline, floor and daemon sides in rotating order).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     rounds: u32,
+    /// Storms per side of a round, back to back; the side's rate is the fastest of them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeats: u32,
     /// Workloads to run, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Workload>,
     /// Execs per exec storm.
-    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     n_exec: u64,
-    /// Connects per connect storm (ports --port-base .. +N-1, kept below the ephemeral range).
-    #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
+    /// Connects per connect storm; the storms walk --connect-ports ports again and again.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     n_connect: u64,
+    /// Ports of the connect storm: --port-base .. +N-1, kept below the ephemeral range; the
+    /// odd ones listen (accepted connects), the even ones are closed (refused).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u16).range(2..=30_000))]
+    connect_ports: u16,
     /// DNS queries per DNS storm (dns and dns-mmsg).
-    #[arg(long, default_value_t = 80000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    #[arg(long, default_value_t = 40_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     n_dns: u64,
     /// First port of the connect storm.
     #[arg(long, default_value_t = 10000, value_parser = clap::value_parser!(u16).range(1025..))]
@@ -98,14 +111,16 @@ impl Workload {
     }
 }
 
-/// The DNS responder's address (loopback) and the CPU the DNS storms and the responder share.
+/// The DNS responder's address (loopback), and the CPU the connect and DNS storms and the
+/// responder run on (the daemon is not pinned).
 const DNS_SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 53);
-const DNS_CPU: usize = 0;
+const STORM_CPU: usize = 0;
 /// After a storm, the daemon has caught up once every marker is out, or none new came for this.
 const DRAIN_QUIET_S: f64 = 2.0;
 const DRAIN_TIMEOUT_S: f64 = 60.0;
-/// After `ready`, before the storm.
-const SETTLE_S: f64 = 0.2;
+/// After `ready`, before the storm: at least the first, then until the daemon (or bpftrace) is
+/// idle, the second at most.
+const SETTLE_S: (f64, f64) = (0.2, 5.0);
 const LAT_INTERVAL_S: f64 = 0.1;
 const LAT_TIMEOUT_S: f64 = 5.0;
 
@@ -116,7 +131,9 @@ struct Ctx {
     nonce: String,
     exec_prog: PathBuf,
     port_base: u16,
+    connect_ports: u16,
     rounds: u32,
+    repeats: u32,
     lat_samples: u64,
     n_exec: u64,
     n_connect: u64,
@@ -145,23 +162,28 @@ impl Ctx {
             .filter(|_| self.floor_off.borrow().is_none())
     }
 
-    /// One storm of `wl`, `n` operations; the DNS storms pinned to DNS_CPU. `ours`: the pid
-    /// of the daemon or bpftrace under test, not to be listed among other tracers.
-    fn storm(&self, wl: Workload, n: u64, ours: Option<i32>) -> Result<StormResult> {
+    /// One side of a round: `repeats` storms of `wl`, `n` operations each, back to back,
+    /// numbered on from one storm to the next (their markers differ); the connect and DNS storms
+    /// pinned to STORM_CPU. `ours`: the pid of the daemon or bpftrace under test, not to be
+    /// listed among other tracers.
+    fn storm(&self, wl: Workload, n: u64, repeats: u32, ours: Option<i32>) -> Result<StormResult> {
         let others = monitor::other_tracers(ours.as_slice());
         let busy0 = sys::machine_busy_s();
-        let mut res = match wl {
-            Workload::Exec => storm::exec(n, &self.exec_prog, &self.nonce),
-            Workload::Connect => storm::connect(n, self.port_base),
-            Workload::Dns | Workload::DnsMmsg => {
-                let _pin = sys::pin_to_cpu(DNS_CPU)?;
-                if wl == Workload::Dns {
-                    storm::dns_sendto(n, DNS_SERVER, &self.nonce)
-                } else {
-                    storm::dns_mmsg(n, DNS_SERVER, &self.nonce)
-                }
-            }
-        }?;
+        let _pin = match wl {
+            Workload::Exec => None,
+            _ => Some(sys::pin_to_cpu(STORM_CPU)?),
+        };
+        let mut runs = Vec::new();
+        for k in 0..u64::from(repeats) {
+            let first = k * n;
+            runs.push(match wl {
+                Workload::Exec => storm::exec(first, n, &self.exec_prog, &self.nonce),
+                Workload::Connect => storm::connect(first, n, self.port_base, self.connect_ports),
+                Workload::Dns => storm::dns_sendto(first, n, DNS_SERVER, &self.nonce),
+                Workload::DnsMmsg => storm::dns_mmsg(first, n, DNS_SERVER, &self.nonce),
+            }?);
+        }
+        let mut res = StormResult::combine(runs);
         if let (Some(b0), Some(b1)) = (busy0, sys::machine_busy_s())
             && res.elapsed_s > 0.0
         {
@@ -193,6 +215,9 @@ impl Drop for WorkDir {
 pub struct Monitored {
     pub storm: Option<StormResult>,
     pub ready_s: f64,
+    /// From `ready` to the storm, and whether the daemon was idle by then.
+    pub settle_s: f64,
+    pub settled: bool,
     pub snap_before: ProcSnap,
     pub snap_after: Option<ProcSnap>,
     pub snap_end: Option<ProcSnap>,
@@ -219,14 +244,18 @@ pub struct Round {
     pub order: &'static str,
     pub baseline: Option<StormResult>,
     pub monitored: Option<Monitored>,
-    /// baseline ops/s ÷ monitored ops/s.
+    /// baseline ÷ monitored, each side's fastest storm (`best_ops_per_s`).
     pub ratio: Option<f64>,
+    /// The same with all of each side's storms and all of their time (`ops_per_s`).
+    pub ratio_all_time: Option<f64>,
     pub error: Option<String>,
     pub floor: Option<Floored>,
-    /// baseline ops/s ÷ floor ops/s.
+    /// baseline ÷ floor, fastest storms.
     pub floor_ratio: Option<f64>,
+    pub floor_ratio_all_time: Option<f64>,
     /// ratio − floor_ratio: the daemon's cost above the floor, against the same baseline.
     pub daemon_minus_floor: Option<f64>,
+    pub daemon_minus_floor_all_time: Option<f64>,
     pub floor_error: Option<String>,
     pub loadavg: Option<String>,
 }
@@ -254,10 +283,10 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(32768);
-    let last_port = u64::from(args.port_base) + args.n_connect;
+    let last_port = u64::from(args.port_base) + u64::from(args.connect_ports);
     if last_port > eph_low {
         bail!(
-            "connect ports {}..{} reach the ephemeral range (from {eph_low}): lower --n-connect or --port-base",
+            "connect ports {}..{} reach the ephemeral range (from {eph_low}): lower --connect-ports or --port-base",
             args.port_base,
             last_port - 1
         );
@@ -303,7 +332,9 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
         nonce,
         exec_prog,
         port_base: args.port_base,
+        connect_ports: args.connect_ports,
         rounds: args.rounds,
+        repeats: args.repeats,
         lat_samples: args.lat_samples,
         n_exec: args.n_exec,
         n_connect: args.n_connect,
@@ -349,12 +380,12 @@ pub fn run(daemon: &Path, args: &BenchArgs) -> Result<()> {
 fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
     let n = ctx.n_of(wl);
     let _responder = if wl.is_dns() {
-        Some(storm::Responder::start(DNS_SERVER, Some(DNS_CPU))?)
+        Some(storm::Responder::start(DNS_SERVER, Some(STORM_CPU))?)
     } else {
         None
     };
     let warm = ctx
-        .storm(wl, (n / 10).max(1), None)
+        .storm(wl, (n / 10).max(2), 1, None)
         .with_context(|| format!("warm-up {} storm", wl.name()))?;
     if warm.errors > 0 {
         eprintln!(
@@ -373,10 +404,13 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
             baseline: None,
             monitored: None,
             ratio: None,
+            ratio_all_time: None,
             error: None,
             floor: None,
             floor_ratio: None,
+            floor_ratio_all_time: None,
             daemon_minus_floor: None,
+            daemon_minus_floor_all_time: None,
             floor_error: None,
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .ok()
@@ -385,7 +419,7 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
         for phase in order.chars() {
             if phase == 'B' {
                 round.baseline = Some(
-                    ctx.storm(wl, n, None)
+                    ctx.storm(wl, n, ctx.repeats, None)
                         .with_context(|| format!("{} storm", wl.name()))?,
                 );
                 sys::sleep_s(0.5)?;
@@ -420,31 +454,34 @@ fn run_workload(ctx: &Ctx, wl: Workload) -> Result<report::WorkloadResult> {
                 sys::sleep_s(1.0)?;
             }
         }
-        let b = round.baseline.as_ref().map(|s| s.ops_per_s);
-        let m = round
-            .monitored
-            .as_ref()
-            .and_then(|m| m.storm.as_ref())
-            .map(|s| s.ops_per_s);
-        if let (Some(b), Some(m)) = (b, m)
-            && m > 0.0
-        {
-            round.ratio = Some(b / m);
-        }
+        let b = round.baseline.clone();
+        let m = round.monitored.as_ref().and_then(|m| m.storm.clone());
         // A floor whose probes missed storm operations (floor_error) gives no ratio.
         let f = round
             .floor
             .as_ref()
             .filter(|_| round.floor_error.is_none())
-            .and_then(|f| f.storm.as_ref())
-            .map(|s| s.ops_per_s);
-        if let (Some(b), Some(f)) = (b, f)
-            && f > 0.0
-        {
-            round.floor_ratio = Some(b / f);
+            .and_then(|f| f.storm.clone());
+        let ratio = |x: &StormResult, y: &StormResult, rate: fn(&StormResult) -> f64| {
+            (rate(y) > 0.0).then(|| rate(x) / rate(y))
+        };
+        let best = |s: &StormResult| s.best_ops_per_s;
+        let all = |s: &StormResult| s.ops_per_s;
+        if let Some(b) = &b {
+            if let Some(m) = &m {
+                round.ratio = ratio(b, m, best);
+                round.ratio_all_time = ratio(b, m, all);
+            }
+            if let Some(f) = &f {
+                round.floor_ratio = ratio(b, f, best);
+                round.floor_ratio_all_time = ratio(b, f, all);
+            }
         }
         if let (Some(m), Some(f)) = (round.ratio, round.floor_ratio) {
             round.daemon_minus_floor = Some(m - f);
+        }
+        if let (Some(m), Some(f)) = (round.ratio_all_time, round.floor_ratio_all_time) {
+            round.daemon_minus_floor_all_time = Some(m - f);
         }
         eprintln!(
             "bench: [{}] round {r}/{} ({order}): {}",
@@ -482,7 +519,7 @@ fn floor_storm(
     };
     let n = ctx.n_of(wl);
     let f = match floor::floored(fl, SETTLE_S, |pid| {
-        ctx.storm(wl, n, Some(pid))
+        ctx.storm(wl, n, ctx.repeats, Some(pid))
             .with_context(|| format!("{} storm under the floor", wl.name()))
     }) {
         Ok(f) => f,
@@ -505,18 +542,20 @@ fn floor_storm(
 
 /// One storm with a fresh daemon.
 fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
-    let n = ctx.n_of(wl);
+    let n = ctx.n_of(wl) * u64::from(ctx.repeats);
     let daemon = Daemon::start(
         &ctx.daemon,
         &ctx.work.join(format!("{}-r{round}", wl.name())),
     )?;
-    sys::sleep_s(SETTLE_S)?;
+    let (settle_s, settled) = monitor::settle(daemon.pid, SETTLE_S.0, SETTLE_S.1)?;
     let mut tail = Tail::open(&daemon.stdout)?;
-    let mut markers = Markers::new(wl, n, &ctx.nonce, ctx.port_base);
+    let mut markers = Markers::new(wl, n, &ctx.nonce, ctx.port_base, ctx.connect_ports);
     let snap_before = daemon.snapshot();
     let mut m = Monitored {
         storm: None,
         ready_s: daemon.ready_s,
+        settle_s,
+        settled,
         snap_before,
         snap_after: None,
         snap_end: None,
@@ -532,7 +571,7 @@ fn monitored(ctx: &Ctx, wl: Workload, round: u32) -> Result<Monitored> {
         latency_ms: None,
     };
     let storm = ctx
-        .storm(wl, n, Some(daemon.pid))
+        .storm(wl, ctx.n_of(wl), ctx.repeats, Some(daemon.pid))
         .with_context(|| format!("{} storm with the daemon", wl.name()))?;
     m.storm = Some(storm);
     m.drain = Some(monitor::drain(

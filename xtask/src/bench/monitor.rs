@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{Workload, sys};
+use super::{Workload, storm, sys};
 
 /// The daemon's process and its output files.
 pub struct Daemon {
@@ -216,6 +216,27 @@ impl ProcSnap {
     }
 }
 
+/// Waits until `pid` is idle after its start-up: at least `min_s`, then until its threads ran
+/// less than `IDLE_CPU_S` in a window of `IDLE_WINDOW_S` (the daemon reads /proc, the rules and
+/// the package lists after `ready`; a storm started then would measure that, not the probes),
+/// `max_s` at most. Returns the time waited and whether it went idle.
+pub fn settle(pid: i32, min_s: f64, max_s: f64) -> Result<(f64, bool)> {
+    const IDLE_WINDOW_S: f64 = 0.1;
+    const IDLE_CPU_S: f64 = 0.001;
+    let t0 = sys::now_s();
+    sys::sleep_s(min_s)?;
+    let mut last = ProcSnap::read(pid).sched_cpu_s;
+    while sys::now_s() - t0 < max_s {
+        sys::sleep_s(IDLE_WINDOW_S)?;
+        let cpu = ProcSnap::read(pid).sched_cpu_s;
+        if cpu - last < IDLE_CPU_S {
+            return Ok((sys::now_s() - t0, true));
+        }
+        last = cpu;
+    }
+    Ok((sys::now_s() - t0, false))
+}
+
 /// The fields of a daemon JSON line that the counting needs.
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -232,9 +253,11 @@ struct Line<'a> {
     qname: Option<Cow<'a, str>>,
 }
 
-/// Unique storm markers in the daemon's output, fed incrementally as it grows.
-/// exec: an exec event whose args hold `sx<nonce>.<i>`; connect: a connect event to 127.0.0.1
-/// with dport = base + i; dns and dns-mmsg: a dns event whose qname is `q<i>.storm-<nonce>.test`.
+/// Storm markers in the daemon's output, fed incrementally as it grows.
+/// exec: an exec event whose args hold `sx<nonce>.<i>`; dns and dns-mmsg: a dns event whose
+/// qname is `q<i>.storm-<nonce>.test` (each unique); connect: a connect event to 127.0.0.1 with
+/// dport = base + k, counted per port up to the number of connects the storm made to it (it
+/// walks its port set several times).
 pub struct Markers {
     workload: Workload,
     n: u64,
@@ -242,7 +265,8 @@ pub struct Markers {
     exec_prefix: String,
     dns_suffix: String,
     quick: String,
-    found: Vec<bool>,
+    /// Per marker: how many times it may still count.
+    left: Vec<u32>,
     pub seen: u64,
     pub lines: u64,
     pub bytes: u64,
@@ -251,7 +275,7 @@ pub struct Markers {
 }
 
 impl Markers {
-    pub fn new(workload: Workload, n: u64, nonce: &str, port_base: u16) -> Markers {
+    pub fn new(workload: Workload, n: u64, nonce: &str, port_base: u16, ports: u16) -> Markers {
         let quick = match workload {
             Workload::Exec => format!("sx{nonce}."),
             Workload::Connect => "\"event\":\"connect\"".into(),
@@ -264,7 +288,16 @@ impl Markers {
             exec_prefix: format!("sx{nonce}."),
             dns_suffix: format!(".storm-{nonce}.test"),
             quick,
-            found: vec![false; n as usize],
+            left: if workload == Workload::Connect {
+                let ports = u64::from(ports).min(n);
+                (0..ports)
+                    .map(|k| {
+                        u32::try_from(storm::connects_to_port(n, ports, k)).unwrap_or(u32::MAX)
+                    })
+                    .collect()
+            } else {
+                vec![1; n as usize]
+            },
             seen: 0,
             lines: 0,
             bytes: 0,
@@ -274,7 +307,10 @@ impl Markers {
     }
 
     fn mark(&mut self, i: u64) {
-        if i < self.n && !std::mem::replace(&mut self.found[i as usize], true) {
+        if let Some(left) = self.left.get_mut(i as usize)
+            && *left > 0
+        {
+            *left -= 1;
             self.seen += 1;
         }
     }

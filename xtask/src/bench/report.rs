@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Ctx, DNS_CPU, DNS_SERVER, DRAIN_QUIET_S, Round, Workload, floor, storm::StormResult};
+use super::{
+    Ctx, DNS_SERVER, DRAIN_QUIET_S, Round, STORM_CPU, Workload, floor, storm::StormResult,
+};
 
 /// What the daemon should stay within, above the floor's slowdown.
 pub const FLOOR_TARGET: f64 = 0.03;
@@ -30,11 +32,13 @@ pub struct Meta {
     pub daemon: String,
     pub daemon_cmd: String,
     pub rounds: u32,
+    pub repeats: u32,
     pub workloads: Vec<&'static str>,
     pub nonce: String,
     pub port_base: u16,
+    pub connect_ports: u16,
     pub dns_server: String,
-    pub dns_cpu: usize,
+    pub storm_cpu: usize,
     pub drain_quiet_s: f64,
     pub lat_samples: u64,
     pub cmdline: Vec<String>,
@@ -42,17 +46,18 @@ pub struct Meta {
     pub method: Vec<&'static str>,
 }
 
-const METHOD: [&str; 10] = [
+const METHOD: [&str; 11] = [
     "ops/s: operations of one storm / its wall time (CLOCK_MONOTONIC, first op to end of last; setup before the clock)",
-    "slowdown: per round baseline ops/s / monitored ops/s (daemon or floor); median and min-max over rounds",
-    "rounds: B baseline, F floor, M daemon storm, in the order BFM, FMB, MBF, BFM, ... (each side first, second and last once in every three rounds); without the floor BM in odd rounds, MB in even; 0.5 s pause after B, 1 s after F and M",
-    "floor: bpftrace -B line -e <meta.floor.script>, started fresh per round, storm after its BEGIN `ready` line (printed only once every probe is attached) and 0.2 s; SIGTERM after the storm; @events = probe hits while it ran, a round whose count is below the storm's successful operations is failed; daemon - floor = per round, daemon slowdown - floor slowdown (same baseline), median and min-max over rounds; daemon_minus_floor_of_medians = difference of the two medians",
-    "lost: issued - seen, worst round; seen = unique storm markers in the daemon's JSON stdout (exec: args hold sx<nonce>.<i>; connect: daddr 127.0.0.1 and dport = base+i; dns: qname = q<i>.storm-<nonce>.test)",
+    "side: each side of a round (B, F, M) is meta.repeats storms of N operations back to back (markers numbered on across them); its rate is the fastest of them (best_ops_per_s): this machine kind has slow phases of up to a second or two in which everything runs up to a third slower, and a storm that fell into one measures the neighbour, not the monitor; all storms and all their time are in ops_per_s and the *_all_time ratios",
+    "slowdown: per round baseline rate / monitored rate (daemon or floor), each side's fastest storm; median and min-max over rounds; the same with all of each side's time in the all-time column",
+    "rounds: B baseline, F floor, M daemon side, in the order BFM, FMB, MBF, BFM, ... (each side first, second and last once in every three rounds); without the floor BM in odd rounds, MB in even; 0.5 s pause after B, 1 s after F and M",
+    "floor: bpftrace -B line -e <meta.floor.script>, started fresh per round, storm after its BEGIN `ready` line (printed only once every probe is attached), then at least 0.2 s and until bpftrace is idle (under 1 ms of CPU in 100 ms; 5 s at most; the daemon likewise after its `ready` line); SIGTERM after the storm; @events = probe hits while it ran, a round whose count is below the storm's successful operations is failed; daemon - floor = per round, daemon slowdown - floor slowdown (same baseline), median and min-max over rounds; daemon_minus_floor_of_medians = difference of the two medians",
+    "lost: issued - seen, worst round; seen = unique storm markers in the daemon's JSON stdout (exec: args hold sx<nonce>.<i>; connect: daddr 127.0.0.1 and dport = base+k, the storm's connects walking its meta.connect_ports ports again and again, each port counted up to the connects made to it; dns: qname = q<i>.storm-<nonce>.test)",
     "daemon CPU: sum of /proc/PID/task/*/schedstat run time, just before the storm to catch-up (all markers out, or none new for 2 s); per 1000 storm operations issued",
     "peak RSS: VmHWM of the daemon from /proc/PID/status just before SIGTERM, largest over rounds",
     "latency: last exec round, single execs 100-150 ms apart (random, so that they fall at every phase of the daemon's poll timer), each stamped with CLOCK_MONOTONIC in the child right before execve; seen = a reader thread (inotify on the stdout file) finds a complete exec line holding its marker; nearest-rank p50/p99",
     "kernel drops: sum of kernel_drops in the daemon's `final stats` line on SIGTERM, per round",
-    "DNS storms and their responder (127.0.0.53:53, NXDOMAIN to everything) are pinned to CPU 0; the daemon is not pinned",
+    "connect and DNS storms and the DNS responder (127.0.0.53:53, NXDOMAIN to everything) are pinned to CPU meta.storm_cpu; the exec storm and the daemon are not pinned",
 ];
 
 impl Meta {
@@ -75,11 +80,13 @@ impl Meta {
             daemon: ctx.daemon.display().to_string(),
             daemon_cmd: format!("{} run --events json", ctx.daemon.display()),
             rounds: ctx.rounds,
+            repeats: ctx.repeats,
             workloads: workloads.iter().map(|w| w.name()).collect(),
             nonce: ctx.nonce.clone(),
             port_base: ctx.port_base,
+            connect_ports: ctx.connect_ports,
             dns_server: DNS_SERVER.to_string(),
-            dns_cpu: DNS_CPU,
+            storm_cpu: STORM_CPU,
             drain_quiet_s: DRAIN_QUIET_S,
             lat_samples: ctx.lat_samples,
             cmdline: std::env::args().collect(),
@@ -115,6 +122,10 @@ pub struct Summary {
     pub ratio_median: Option<f64>,
     pub ratio_min: Option<f64>,
     pub ratio_max: Option<f64>,
+    /// Medians over rounds with all of each side's time (not only its fastest storm).
+    pub ratio_all_time_median: Option<f64>,
+    pub floor_ratio_all_time_median: Option<f64>,
+    pub daemon_minus_floor_all_time: Option<f64>,
     pub seen_per_round: Vec<u64>,
     pub lost_worst: Option<u64>,
     pub cpu_s_median: Option<f64>,
@@ -197,13 +208,15 @@ impl WorkloadResult {
         let mons: Vec<_> = rounds.iter().filter_map(|r| r.monitored.as_ref()).collect();
         let base_ops: Vec<f64> = rounds
             .iter()
-            .filter_map(|r| Some(r.baseline.as_ref()?.ops_per_s))
+            .filter_map(|r| Some(r.baseline.as_ref()?.best_ops_per_s))
             .collect();
         let mon_ops: Vec<f64> = mons
             .iter()
-            .filter_map(|m| Some(m.storm.as_ref()?.ops_per_s))
+            .filter_map(|m| Some(m.storm.as_ref()?.best_ops_per_s))
             .collect();
         let ratios: Vec<f64> = rounds.iter().filter_map(|r| r.ratio).collect();
+        let all_time =
+            |f: fn(&Round) -> Option<f64>| median(&rounds.iter().filter_map(f).collect::<Vec<_>>());
         let cpus: Vec<f64> = mons.iter().filter_map(|m| m.cpu_s).collect();
         let per_1k: Vec<f64> = mons
             .iter()
@@ -228,7 +241,7 @@ impl WorkloadResult {
         let floor_ops: Vec<f64> = rounds
             .iter()
             .filter(|r| r.floor_ratio.is_some())
-            .filter_map(|r| Some(r.floor.as_ref()?.storm.as_ref()?.ops_per_s))
+            .filter_map(|r| Some(r.floor.as_ref()?.storm.as_ref()?.best_ops_per_s))
             .collect();
         let diffs: Vec<f64> = rounds.iter().filter_map(|r| r.daemon_minus_floor).collect();
         let busy: Vec<f64> = storms(&rounds).filter_map(|s| s.busy_cpus).collect();
@@ -244,6 +257,9 @@ impl WorkloadResult {
             ratio_median,
             ratio_min: fmin(&ratios),
             ratio_max: fmax(&ratios),
+            ratio_all_time_median: all_time(|r| r.ratio_all_time),
+            floor_ratio_all_time_median: all_time(|r| r.floor_ratio_all_time),
+            daemon_minus_floor_all_time: all_time(|r| r.daemon_minus_floor_all_time),
             seen_per_round: mons.iter().map(|m| m.seen).collect(),
             lost_worst: mons.iter().map(|m| m.lost).max(),
             cpu_s_median: median(&cpus),
@@ -326,15 +342,17 @@ fn storms(rounds: &[Round]) -> impl Iterator<Item = &StormResult> {
 pub fn round_line(r: &Round) -> String {
     let mut s = String::new();
     let busy = |st: &StormResult| {
-        st.busy_cpus
-            .map_or(String::new(), |b| format!(" ({b:.1} CPUs busy)"))
+        let b = st
+            .busy_cpus
+            .map_or(String::new(), |b| format!(", {b:.1} CPUs busy"));
+        format!(" (all {:.0}/s{b})", st.ops_per_s)
     };
     if let Some(b) = &r.baseline {
-        let _ = write!(s, "baseline {:.0}/s{}", b.ops_per_s, busy(b));
+        let _ = write!(s, "baseline {:.0}/s{}", b.best_ops_per_s, busy(b));
     }
     if let Some(f) = &r.floor {
         if let Some(st) = &f.storm {
-            let _ = write!(s, ", floor {:.0}/s{}", st.ops_per_s, busy(st));
+            let _ = write!(s, ", floor {:.0}/s{}", st.best_ops_per_s, busy(st));
         }
         if let Some(x) = r.floor_ratio {
             let _ = write!(s, ", floor ratio {x:.3}");
@@ -345,7 +363,7 @@ pub fn round_line(r: &Round) -> String {
     }
     if let Some(m) = &r.monitored {
         if let Some(st) = &m.storm {
-            let _ = write!(s, ", with daemon {:.0}/s{}", st.ops_per_s, busy(st));
+            let _ = write!(s, ", with daemon {:.0}/s{}", st.best_ops_per_s, busy(st));
         }
         if let Some(x) = r.ratio {
             let _ = write!(s, ", ratio {x:.3}");
@@ -415,11 +433,12 @@ impl Doc {
         let head = [
             "workload",
             "monitor",
-            "N",
+            "N × storms",
             "baseline ops/s",
             "monitored ops/s",
             "slowdown median (min–max)",
             "daemon − floor median (min…max)",
+            "all time: slowdown / − floor",
             "events lost, worst round",
             "daemon CPU ms / 1k events",
             "peak RSS MB",
@@ -444,11 +463,12 @@ impl Doc {
                 rows.push(vec![
                     s.workload.into(),
                     "FLOOR".into(),
-                    thousands(s.n as f64),
+                    format!("{}×{}", thousands(s.n as f64), self.meta.repeats),
                     s.baseline_ops_median.map_or("–".into(), thousands),
                     s.floor_ops_median.map_or("–".into(), thousands),
                     ratio(s.floor_ratio_median, s.floor_ratio_min, s.floor_ratio_max),
                     String::new(),
+                    opt(s.floor_ratio_all_time_median, 3),
                     String::new(),
                     String::new(),
                     String::new(),
@@ -497,11 +517,17 @@ impl Doc {
             rows.push(vec![
                 s.workload.into(),
                 "daemon".into(),
-                thousands(s.n as f64),
+                format!("{}×{}", thousands(s.n as f64), self.meta.repeats),
                 s.baseline_ops_median.map_or("–".into(), thousands),
                 s.monitored_ops_median.map_or("–".into(), thousands),
                 ratio(s.ratio_median, s.ratio_min, s.ratio_max),
                 diff,
+                format!(
+                    "{} / {}",
+                    opt(s.ratio_all_time_median, 3),
+                    s.daemon_minus_floor_all_time
+                        .map_or("–".into(), |d| format!("{d:+.3}"))
+                ),
                 lost,
                 opt(s.cpu_s_per_1k_median.map(|x| x * 1000.0), 2),
                 opt(s.peak_rss_kb.map(|k| k as f64 / 1024.0), 1),
@@ -572,6 +598,12 @@ impl Doc {
                  (target ≤ {FLOOR_TARGET:.2}). The difference of the two median columns is in the JSON \
                  (daemon_minus_floor_of_medians)"
             ));
+            notes.push(
+                "ops/s and slowdowns are those of each side's fastest storm of the round (this machine kind has slow \
+                 phases of a second or two in which everything runs up to a third slower); \"all time\" counts every \
+                 storm and all of its time instead: noisier, shown for comparison"
+                    .into(),
+            );
         }
         if let Some(why) = &self.meta.floor.skipped {
             notes.push(format!("FLOOR {why}"));
@@ -594,8 +626,12 @@ impl Doc {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "rmm-monitor overhead: {} round(s) per workload, kernel {}, {} CPUs, {:.0} s",
-            self.meta.rounds, self.meta.kernel, self.meta.cpus, self.meta.elapsed_s
+            "rmm-monitor overhead: {} round(s) per workload, {} storms per side, kernel {}, {} CPUs, {:.0} s",
+            self.meta.rounds,
+            self.meta.repeats,
+            self.meta.kernel,
+            self.meta.cpus,
+            self.meta.elapsed_s
         );
         let _ = writeln!(out);
         for (i, r) in rows.iter().enumerate() {

@@ -46,22 +46,54 @@ pub struct StormResult {
     /// probes fire on it too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_tracers: Vec<String>,
+    /// A side of a round is several storms back to back (`--repeats`): ops/s of each, and the
+    /// fastest of them (the one least disturbed by the rest of a shared machine).
+    pub runs_ops_per_s: Vec<f64>,
+    pub best_ops_per_s: f64,
 }
 
 impl StormResult {
     fn timed(ops: u64, t0: f64, errors: u64) -> Self {
         let elapsed_s = sys::now_s() - t0;
+        let ops_per_s = if elapsed_s > 0.0 {
+            ops as f64 / elapsed_s
+        } else {
+            0.0
+        };
         StormResult {
             ops,
             elapsed_s,
-            ops_per_s: if elapsed_s > 0.0 {
-                ops as f64 / elapsed_s
-            } else {
-                0.0
-            },
+            ops_per_s,
             errors,
+            runs_ops_per_s: vec![ops_per_s],
+            best_ops_per_s: ops_per_s,
             ..Default::default()
         }
+    }
+
+    /// Storms run back to back as one: operations, time and counts summed (so `ops_per_s`
+    /// counts all of their time), each one's ops/s kept, the fastest as `best_ops_per_s`.
+    pub fn combine(runs: Vec<StormResult>) -> StormResult {
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        let mut all = StormResult::default();
+        for r in runs {
+            all.ops += r.ops;
+            all.elapsed_s += r.elapsed_s;
+            all.errors += r.errors;
+            all.refused = add(all.refused, r.refused);
+            all.accepted = add(all.accepted, r.accepted);
+            all.unexpected_accept = add(all.unexpected_accept, r.unexpected_accept);
+            all.answered = add(all.answered, r.answered);
+            all.best_ops_per_s = all.best_ops_per_s.max(r.ops_per_s);
+            all.runs_ops_per_s.push(r.ops_per_s);
+        }
+        if all.elapsed_s > 0.0 {
+            all.ops_per_s = all.ops as f64 / all.elapsed_s;
+        }
+        all
     }
 }
 
@@ -106,10 +138,11 @@ fn cstring(s: &[u8]) -> Result<CString> {
     CString::new(s).context("a NUL byte in an exec argument")
 }
 
-/// fork + execve(`prog`, [prog, sx<nonce>.<i>]) `n` times, waiting for each child.
-pub fn exec(n: u64, prog: &Path, nonce: &str) -> Result<StormResult> {
+/// fork + execve(`prog`, [prog, sx<nonce>.<i>]) for i in `first`..`first`+`n`, waiting for
+/// each child.
+pub fn exec(first: u64, n: u64, prog: &Path, nonce: &str) -> Result<StormResult> {
     let path = cstring(prog.as_os_str().as_bytes())?;
-    let markers = (0..n)
+    let markers = (first..first + n)
         .map(|i| cstring(exec_marker(nonce, i).as_bytes()))
         .collect::<Result<Vec<_>>>()?;
     let mut errors = 0;
@@ -129,19 +162,24 @@ pub fn exec(n: u64, prog: &Path, nonce: &str) -> Result<StormResult> {
     Ok(StormResult::timed(n, t0, errors))
 }
 
-/// `n` TCP connects to 127.0.0.1:`base`+i. Even i: a closed port (must be refused). Odd i: a
-/// port with a listener made before the clock starts; the connection is accepted and both ends
-/// closed (the accepted end first).
-pub fn connect(n: u64, base: u16) -> Result<StormResult> {
-    if u64::from(base) + n > 65535 {
-        bail!("ports {base}..{} do not fit", u64::from(base) + n);
+/// Connects `first`..`first`+`n` of a walk over `ports` ports (see `connect_port_index`), TCP
+/// to 127.0.0.1:`base`+k. Even k: a closed port (must be refused). Odd k: a port with a
+/// listener made before the clock starts; the connection is accepted and both ends closed (the
+/// accepted end first).
+pub fn connect(first: u64, n: u64, base: u16, ports: u16) -> Result<StormResult> {
+    if ports < 2 || u64::from(base) + u64::from(ports) > 65535 {
+        bail!(
+            "ports {base}..{} do not fit",
+            u64::from(base) + u64::from(ports)
+        );
     }
-    sys::ensure_nofile(n / 2 + 64)?;
-    let port = |i: u64| base + u16::try_from(i).expect("checked above");
-    let mut listeners = Vec::with_capacity((n / 2) as usize);
-    for i in (1..n).step_by(2) {
+    let ports = u64::from(ports);
+    sys::ensure_nofile(ports / 2 + 64)?;
+    let port = |k: u64| base + u16::try_from(k).expect("checked above");
+    let mut listeners = Vec::with_capacity((ports / 2) as usize);
+    for k in (1..ports).step_by(2) {
         sys::check_stop()?;
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(i));
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(k));
         listeners.push(
             TcpListener::bind(addr)
                 .with_context(|| format!("listener on {addr} (is the port in use?)"))?,
@@ -150,13 +188,14 @@ pub fn connect(n: u64, base: u16) -> Result<StormResult> {
     let (mut refused, mut accepted, mut unexpected, mut errors) = (0, 0, 0, 0);
     let t0 = sys::now_s();
     let mut limit = Limit::new(t0);
-    for i in 0..n {
+    for i in first..first + n {
         limit.check()?;
-        let r = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(i)));
-        if i % 2 == 1 {
+        let k = connect_port_index(i, ports);
+        let r = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(k)));
+        if k % 2 == 1 {
             match r {
                 Ok(s) => {
-                    match listeners[(i / 2) as usize].accept() {
+                    match listeners[(k / 2) as usize].accept() {
                         Ok((c, _)) => {
                             accepted += 1;
                             drop(c);
@@ -181,6 +220,17 @@ pub fn connect(n: u64, base: u16) -> Result<StormResult> {
     res.accepted = Some(accepted);
     res.unexpected_accept = Some(unexpected);
     Ok(res)
+}
+
+/// Connect `i` of a storm goes to port `base + connect_port_index(i, ports)`: the storm walks
+/// the port set again and again, closed (even index) and listening (odd index) in turn.
+pub fn connect_port_index(i: u64, ports: u64) -> u64 {
+    i % ports
+}
+
+/// How many connects of an `n`-connect storm go to port index `k`.
+pub fn connects_to_port(n: u64, ports: u64, k: u64) -> u64 {
+    n / ports + u64::from(k < n % ports)
 }
 
 /// A standard recursive query (RD, one question, class IN) for `name`/`qtype`.
@@ -278,10 +328,10 @@ fn no_responder(answered: u64, consecutive_fail: u32, server: SocketAddrV4) -> R
     Ok(())
 }
 
-/// `n` queries (A, `q<i>.storm-<nonce>.test`) by sendto on one unconnected UDP socket, each
-/// answered before the next goes out, as a stub resolver does.
-pub fn dns_sendto(n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResult> {
-    let queries: Vec<(u16, Vec<u8>)> = (0..n)
+/// `n` queries (A, `q<i>.storm-<nonce>.test`, i from `first`) by sendto on one unconnected
+/// UDP socket, each answered before the next goes out, as a stub resolver does.
+pub fn dns_sendto(first: u64, n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResult> {
+    let queries: Vec<(u16, Vec<u8>)> = (first..first + n)
         .map(|i| {
             (
                 query_id(i),
@@ -326,12 +376,12 @@ pub fn dns_sendto(n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResu
     Ok(res)
 }
 
-/// What glibc's resolver does per lookup, `n` queries in all (n/2 lookups): socket, connect to
-/// the server, sendmmsg of two queries with no msg_name (A for q<i>, AAAA for q<i+1>), read the
-/// two answers (either order), close.
-pub fn dns_mmsg(n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResult> {
+/// What glibc's resolver does per lookup, `n` queries in all (n/2 lookups, i from `first`):
+/// socket, connect to the server, sendmmsg of two queries with no msg_name (A for q<i>, AAAA
+/// for q<i+1>), read the two answers (either order), close.
+pub fn dns_mmsg(first: u64, n: u64, server: SocketAddrV4, nonce: &str) -> Result<StormResult> {
     let n = n + n % 2;
-    let lookups: Vec<[(u16, Vec<u8>); 2]> = (0..n)
+    let lookups: Vec<[(u16, Vec<u8>); 2]> = (first..first + n)
         .step_by(2)
         .map(|i| {
             [
