@@ -2,7 +2,7 @@
 //! connect hooks (protocol, and connects that never pass the syscall, such as io_uring).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
@@ -37,6 +37,17 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
+    // A connect(2) that never reached the cgroup hook (a non-INET socket, or refused before
+    // the protocol) leaves its mark: clear it, so that no later hook on this CPU takes it for
+    // its own.
+    if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            if (*mark).pid_tgid == key {
+                (*mark).pid_tgid = 0;
+            }
+        }
+    }
     let Some(slot) = PENDING_CONNECT.get_ptr_mut(&key) else {
         return 0;
     };
@@ -53,6 +64,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reports a connect; the header's timestamp is the time of the report, `duration_ns` runs
+/// from `p.start_ns` (the syscall entry; 0 for a connect seen by the hook alone).
 #[inline(always)]
 fn emit(p: &PendingConnect, ret: i32, source: u8) {
     let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
@@ -70,8 +83,11 @@ fn emit(p: &PendingConnect, ret: i32, source: u8) {
     ev.source = source;
     ev._pad0 = [0; 2];
     ev.daddr = p.daddr;
-    // SAFETY: helper without arguments.
-    ev.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(p.start_ns);
+    ev.duration_ns = if p.start_ns == 0 {
+        0
+    } else {
+        ev.hdr.ts_ns.saturating_sub(p.start_ns)
+    };
     entry.submit(submit_flags(&NET_EVENTS));
 }
 
@@ -115,7 +131,10 @@ pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
     1
 }
 
-/// Longest time from `sys_enter_connect` to the cgroup hook of the same connect.
+/// Longest time from `sys_enter_connect` to the cgroup hook of the same connect. Checked
+/// against the coarse clock (a few ms of resolution, and far cheaper than the precise one);
+/// the exit of a connect(2) that never reached the hook clears its mark anyway, so this only
+/// guards against a mark left behind by a thread that moved to another CPU in between.
 const MARK_FRESH_NS: u64 = 50_000_000;
 
 /// Records the destination for `sys_exit_connect` when this connect came through the syscall
@@ -124,10 +143,8 @@ const MARK_FRESH_NS: u64 = 50_000_000;
 #[inline(always)]
 fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32) {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let mut p = PendingConnect {
-        start_ns: now,
+        start_ns: 0,
         fd: -1,
         family,
         dport: u16::from_be(user_port as u16),
@@ -139,7 +156,10 @@ fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32
     if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         let m = unsafe { &mut *mark };
-        if m.pid_tgid == key && now.saturating_sub(m.ts_ns) < MARK_FRESH_NS {
+        // SAFETY: helper without arguments.
+        if m.pid_tgid == key
+            && unsafe { bpf_ktime_get_coarse_ns() }.saturating_sub(m.ts_ns) < MARK_FRESH_NS
+        {
             p.start_ns = m.ts_ns;
             p.fd = m.fd as i32;
             m.pid_tgid = 0;

@@ -546,11 +546,18 @@ fn cmd_connect(rest: &[String], ty: c_int) -> Res<()> {
     Ok(())
 }
 
-/// `tfo-sendto ADDR PORT`: sendto(MSG_FASTOPEN) on an unconnected TCP socket: the kernel
-/// connects without connect(2), so only the cgroup connect hook sees it.
+/// `tfo-sendto ADDR PORT [after-unix-connect]`: sendto(MSG_FASTOPEN) on an unconnected TCP
+/// socket: the kernel connects without connect(2), so only the cgroup connect hook sees it.
+/// With `after-unix-connect`, pinned to one CPU, a connect(2) on an AF_UNIX socket (to a path
+/// that does not exist: it never reaches an INET hook) comes just before.
 fn cmd_tfo_sendto(rest: &[String]) -> Res<()> {
     let ip = loopback(arg(rest, 0, "ADDR")?)?;
     let to = SocketAddr::new(ip, port(arg(rest, 1, "PORT")?)?);
+    match rest.get(2).map(String::as_str) {
+        None => {}
+        Some("after-unix-connect") => unix_connect_pinned()?,
+        Some(o) => return Err(format!("unknown option {o:?}")),
+    }
     let s = Sock::new(ip, libc::SOCK_STREAM)?;
     let (ss, len) = sockaddr(to);
     let data = b"x";
@@ -568,6 +575,55 @@ fn cmd_tfo_sendto(rest: &[String]) -> Res<()> {
     println!("fd={}", s.0);
     println!("ret={ret}");
     println!("errno={}", if ret < 0 { errno() } else { 0 });
+    Ok(())
+}
+
+/// Pins the process to the CPU it runs on, then connect(2)s an AF_UNIX socket to a path that
+/// does not exist (ENOENT).
+fn unix_connect_pinned() -> Res<()> {
+    // SAFETY: sched_getcpu has no preconditions; cpu_set_t is plain data.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return Err(os_err("sched_getcpu"));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(os_err("sched_setaffinity"));
+        }
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(os_err("socket(AF_UNIX)"));
+    }
+    // SAFETY: sockaddr_un is plain data.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in sun
+        .sun_path
+        .iter_mut()
+        .zip(b"/nonexistent/rmm-probe-helper.sock")
+    {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: sun is valid for its length.
+    let ret = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sun).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    let e = errno();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if ret == 0 || e != libc::ENOENT {
+        return Err(format!(
+            "the AF_UNIX connect should fail with ENOENT: {ret}, errno {e}"
+        ));
+    }
     Ok(())
 }
 

@@ -234,9 +234,25 @@ fn connect_refused_before_the_protocol_is_not_reported() {
 fn tcp_fast_open_is_seen_by_the_cgroup_hook() {
     root_or_skip!("tcp_fast_open_is_seen_by_the_cgroup_hook");
     // sendto(MSG_FASTOPEN) connects without connect(2): only the cgroup hook sees it.
+    check_fast_open(&[]);
+}
+
+#[test]
+fn a_hook_only_connect_right_after_a_unix_connect_is_reported_at_once() {
+    root_or_skip!("a_hook_only_connect_right_after_a_unix_connect_is_reported_at_once");
+    // connect(2) on an AF_UNIX socket marks its CPU at entry and never reaches the INET hook;
+    // its exit must clear the mark, or the fast-open connect that follows on the same thread
+    // and CPU would be taken for a connect(2) and wait for an exit that never comes.
+    check_fast_open(&["after-unix-connect"]);
+}
+
+fn check_fast_open(options: &[&str]) {
     let port = closed_port("127.0.0.1");
     let m = Monitor::start(&[]);
-    let run = helper(&["tfo-sendto", "127.0.0.1", &port.to_string()]);
+    let port_s = port.to_string();
+    let mut args = vec!["tfo-sendto", "127.0.0.1", &port_s];
+    args.extend_from_slice(options);
+    let run = helper(&args);
     run.assert_success();
     let pid = u64::from(run.pid);
     let ev = m.wait_for("the fast-open connect", |e| {
