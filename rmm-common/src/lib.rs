@@ -276,6 +276,28 @@ pub struct DnsEvent {
     pub payload: [u8; DNS_PAYLOAD_LEN],
 }
 
+/// First four bytes of a ring entry that holds several records (a CPU's stage, see
+/// [`BatchHeader`]), where a single record has its `EventKind`. Not an `EventKind` value.
+pub const BATCH_MAGIC: u32 = 0x4854_4142; // "BATH" in memory order (little endian)
+
+/// A ring entry with several records: this header, then each record as a `u64` length (its
+/// bytes, not counting this prefix) followed by the record, padded to 8 bytes. A record may be
+/// shorter than its struct (a `DnsEvent` ends after `payload_len` bytes of payload).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BatchHeader {
+    /// [`BATCH_MAGIC`].
+    pub magic: u32,
+    /// Records that follow.
+    pub count: u32,
+    /// Bytes of the entry, this header included.
+    pub bytes: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of a `DnsEvent` before its payload: a staged DNS record is at least this long.
+pub const DNS_FIXED_LEN: usize = core::mem::offset_of!(DnsEvent, payload);
+
 /// Offsets of kernel struct fields, read from `/sys/kernel/btf/vmlinux` by the daemon and
 /// handed to the programs as the global `OFFSETS` (Rust eBPF has no CO-RE field relocations).
 #[repr(C)]
@@ -337,16 +359,24 @@ pub struct Settings {
     /// Submit with a forced wakeup once this many bytes wait in a ring; below it, submit
     /// without a wakeup and let the daemon's poll timer pick the records up.
     pub wakeup_bytes: u64,
+    /// A CPU's stage of network records is sent to the ring once it holds this many bytes
+    /// (at most the stage's size, 8 KiB; 0: no staging, one ring entry per record).
+    pub stage_bytes: u64,
 }
 
 impl Settings {
     pub const fn default_const() -> Self {
-        Settings { wakeup_bytes: 0 }
+        Settings {
+            wakeup_bytes: 0,
+            stage_bytes: 0,
+        }
     }
 }
 
 // Layout guards: these sizes are the wire format between the two sides.
 const _: () = assert!(size_of::<Header>() == 56);
+const _: () = assert!(size_of::<BatchHeader>() == 16);
+const _: () = assert!(DNS_FIXED_LEN == 96);
 const _: () = assert!(size_of::<ExecEvent>() == 56 + 24 + FILENAME_LEN + PATH_LEN + ARGS_LEN);
 const _: () = assert!(size_of::<ForkEvent>() == 64);
 const _: () = assert!(size_of::<ExitEvent>() == 64);

@@ -8,9 +8,12 @@ use aya_ebpf::{
 };
 use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect_source};
 
-use crate::maps::{
-    CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
-    fill_header, submit_flags,
+use crate::{
+    maps::{
+        CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
+        fill_header, submit_flags,
+    },
+    stage::{Slot, Staged},
 };
 
 /// `syscalls/sys_enter_connect`: reads `fd` (offset 16). Only marks this CPU: the destination
@@ -64,16 +67,33 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Reports a connect; the header's timestamp is the time of the report, `duration_ns` runs
-/// from `p.start_ns` (the syscall entry; 0 for a connect seen by the hook alone).
+/// Reports a connect, through this CPU's stage when it is free; the header's timestamp is the
+/// time of the report, `duration_ns` runs from `p.start_ns` (the syscall entry; 0 for a
+/// connect seen by the hook alone).
 #[inline(always)]
 fn emit(p: &PendingConnect, ret: i32, source: u8) {
+    if let Some(mut slot) = Slot::new::<ConnectEvent>() {
+        // SAFETY: the slot's record is ours until commit; every field is written.
+        fill(
+            unsafe { &mut *slot.record::<ConnectEvent>() },
+            p,
+            ret,
+            source,
+        );
+        slot.commit(size_of::<ConnectEvent>(), Staged::Connect);
+        return;
+    }
     let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(DropReason::ConnectReserve);
         return;
     };
     // SAFETY: the entry is ours until submit; every field is written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill(unsafe { &mut *entry.as_mut_ptr() }, p, ret, source);
+    entry.submit(submit_flags(&NET_EVENTS));
+}
+
+#[inline(always)]
+fn fill(ev: &mut ConnectEvent, p: &PendingConnect, ret: i32, source: u8) {
     fill_header(&mut ev.hdr, EventKind::Connect);
     ev.ret = ret;
     ev.fd = p.fd;
@@ -88,7 +108,6 @@ fn emit(p: &PendingConnect, ret: i32, source: u8) {
     } else {
         ev.hdr.ts_ns.saturating_sub(p.start_ns)
     };
-    entry.submit(submit_flags(&NET_EVENTS));
 }
 
 /// `cgroup/connect4`: reads `user_ip4`, `user_port`, `protocol`.

@@ -10,11 +10,14 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use rmm_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_LEN, DNS_PORT, DnsEvent, DropReason, EventKind, IPPROTO_UDP,
-    dns_flags,
+    AF_INET, AF_INET6, DNS_FIXED_LEN, DNS_PAYLOAD_LEN, DNS_PORT, DnsEvent, DropReason, EventKind,
+    IPPROTO_UDP, dns_flags,
 };
 
-use crate::maps::{NET_EVENTS, count_drop, fill_header, submit_flags};
+use crate::{
+    maps::{NET_EVENTS, count_drop, fill_header, submit_flags},
+    stage::{Slot, Staged},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -172,6 +175,32 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
     let payload_off = l4 + UDP_HEADER_LEN;
     let total = (ctx.len() as usize).checked_sub(payload_off)?;
 
+    if let Some(mut slot) = Slot::new::<DnsEvent>() {
+        // SAFETY: the slot's record is ours until commit; the payload is kept only up to
+        // payload_len.
+        let ev = unsafe { &mut *slot.record::<DnsEvent>() };
+        fill(
+            ctx,
+            ev,
+            ingress,
+            remote,
+            family,
+            remote_port,
+            local_port,
+            payload_off,
+            total,
+        );
+        let len = DNS_FIXED_LEN + ev.payload_len as usize;
+        slot.commit(
+            len,
+            if ingress {
+                Staged::DnsAnswer
+            } else {
+                Staged::Dns
+            },
+        );
+        return Some(());
+    }
     let Some(mut entry) = NET_EVENTS.reserve::<DnsEvent>(0) else {
         count_drop(if ingress {
             DropReason::DnsAnswerReserve
@@ -182,6 +211,39 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
     };
     // SAFETY: the entry is ours until submit; the payload is read only up to payload_len.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill(
+        ctx,
+        ev,
+        ingress,
+        remote,
+        family,
+        remote_port,
+        local_port,
+        payload_off,
+        total,
+    );
+    entry.submit(submit_flags(&NET_EVENTS));
+    Some(())
+}
+
+/// Fills a DNS record: the header, the addresses, and up to `DNS_PAYLOAD_LEN` bytes of the
+/// `total`-byte payload at `payload_off`.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record's fields, inlined into the hooks"
+)]
+fn fill(
+    ctx: &SkBuffContext,
+    ev: &mut DnsEvent,
+    ingress: bool,
+    remote: [u8; 16],
+    family: u16,
+    remote_port: u16,
+    local_port: u16,
+    payload_off: usize,
+    total: usize,
+) {
     if ingress {
         // Received in softirq or in the sender's context: the current task is not the
         // socket's owner, so no task fields (userspace matches answers by socket cookie).
@@ -228,6 +290,4 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
             ev.flags |= dns_flags::LOAD_ERROR;
         }
     }
-    entry.submit(submit_flags(&NET_EVENTS));
-    Some(())
 }

@@ -2,6 +2,7 @@
 //!
 //! Only tracepoints and cgroup hooks: the target kernels may lack kprobes, fentry and LSM.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod connect;
@@ -10,6 +11,7 @@ mod kernel;
 mod maps;
 mod path;
 mod process;
+mod stage;
 
 #[cfg(not(test))]
 #[panic_handler]

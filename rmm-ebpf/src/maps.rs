@@ -75,10 +75,21 @@ pub fn offsets() -> KernelOffsets {
 }
 
 #[inline(always)]
+pub fn settings_stage_bytes() -> u64 {
+    // SAFETY: see `offsets`.
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.stage_bytes) }
+}
+
+#[inline(always)]
 pub fn count_drop(reason: DropReason) {
+    count_drops(reason, 1);
+}
+
+#[inline(always)]
+pub fn count_drops(reason: DropReason, n: u64) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *counter += 1 };
+        unsafe { *counter += n };
     }
 }
 

@@ -185,9 +185,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 .with_context(|| format!("map {name} missing"))?,
         )
         .with_context(|| format!("map {name} is not a ring buffer"))?;
+        let flusher = if name == probes::NET_RING && loaded.staging {
+            Some(stage_flusher(&mut loaded.ebpf)?)
+        } else {
+            None
+        };
         readers.push(tokio::spawn(reader::run(
             name,
             ring,
+            flusher,
             tx.clone(),
             opts.poll,
             stop_rx.clone(),
@@ -302,7 +308,13 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let _ = stop_tx.send(true);
     for r in readers {
         match r.await {
-            Ok(Ok(s)) => log::debug!("reader {} read {} records", s.name, s.records),
+            Ok(Ok(s)) => log::debug!(
+                "reader {} read {} records ({} stage flushes, {} failed)",
+                s.name,
+                s.records,
+                s.flushes,
+                s.flush_errors
+            ),
             Ok(Err(e)) => log::error!("reader failed: {e:#}"),
             Err(e) => log::error!("reader task panicked: {e}"),
         }
@@ -376,6 +388,25 @@ fn report_interval(last: &Snapshot, now: &Snapshot) {
             "skipped records in the last interval: bad_size={size} unknown_kind={kind} dns_malformed={dns}"
         );
     }
+}
+
+/// What the network ring's reader needs to flush the per-CPU stages of network records.
+fn stage_flusher(ebpf: &mut aya::Ebpf) -> Result<reader::Flusher> {
+    use std::os::fd::AsFd;
+    let staged = PerCpuArray::try_from(
+        ebpf.take_map(probes::STAGED_MAP)
+            .with_context(|| format!("map {} missing", probes::STAGED_MAP))?,
+    )
+    .with_context(|| format!("map {} has the wrong type", probes::STAGED_MAP))?;
+    let prog = ebpf
+        .program(probes::FLUSH_PROGRAM)
+        .with_context(|| format!("program {} missing", probes::FLUSH_PROGRAM))?
+        .fd()
+        .with_context(|| format!("program {} not loaded", probes::FLUSH_PROGRAM))?
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the flush program's fd")?;
+    Ok(reader::Flusher::new(prog, staged))
 }
 
 type Seeded = Result<(SeedReport, usize)>;

@@ -5,8 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rmm_common::{
-    AF_INET, AF_INET6, ARGS_MAX_COUNT, ConnectEvent, DnsEvent, EventKind, ExecEvent, ExitEvent,
-    ForkEvent, Header, IPPROTO_TCP, IPPROTO_UDP, connect_source, dns_flags, exec_flags,
+    AF_INET, AF_INET6, ARGS_MAX_COUNT, BATCH_MAGIC, BatchHeader, ConnectEvent, DNS_FIXED_LEN,
+    DnsEvent, EventKind, ExecEvent, ExitEvent, ForkEvent, Header, IPPROTO_TCP, IPPROTO_UDP,
+    connect_source, dns_flags, exec_flags,
 };
 use serde::Serialize;
 
@@ -153,6 +154,37 @@ fn read_record<T: Copy>(data: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
 }
 
+/// The records of a ring entry that holds several (a CPU's stage: `BatchHeader`, then each
+/// record as a `u64` length and its bytes, padded to 8), as byte ranges of `entry`. `None`
+/// when the entry is a single record, or a batch whose framing does not add up (it is then
+/// decoded as one record and counted as unknown).
+pub fn split_batch(entry: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    const HDR: usize = std::mem::size_of::<BatchHeader>();
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(entry.get(at..at + 4)?.try_into().ok()?))
+    };
+    if word(0)? != BATCH_MAGIC {
+        return None;
+    }
+    let (count, bytes) = (word(4)? as usize, word(8)? as usize);
+    if bytes != entry.len() || count > bytes / 8 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut at = HDR;
+    while at < bytes {
+        let len = u64::from_ne_bytes(entry.get(at..at + 8)?.try_into().ok()?);
+        let start = at + 8;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        if end > bytes {
+            return None;
+        }
+        out.push(start..end);
+        at = start + (end - start).next_multiple_of(8);
+    }
+    (at == bytes && out.len() == count).then_some(out)
+}
+
 /// The kind of a record, from its first four bytes.
 pub fn record_kind(data: &[u8]) -> Result<EventKind, DecodeError> {
     let head: [u8; 4] = data
@@ -188,9 +220,28 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             })
         }
         EventKind::Connect => Event::Connect(decode_connect(&read_record::<ConnectEvent>(data)?)),
-        EventKind::Dns => Event::Dns(decode_dns(&read_record::<DnsEvent>(data)?)?),
-        EventKind::DnsAnswer => Event::DnsAnswer(decode_answer(&read_record::<DnsEvent>(data)?)?),
+        EventKind::Dns => Event::Dns(decode_dns(&read_dns(data)?)?),
+        EventKind::DnsAnswer => Event::DnsAnswer(decode_answer(&read_dns(data)?)?),
     })
+}
+
+/// A DNS record: a whole `DnsEvent` (its own ring entry), or a staged one that ends after its
+/// payload (`DNS_FIXED_LEN` + `payload_len` bytes, padded to 8).
+fn read_dns(data: &[u8]) -> Result<DnsEvent, DecodeError> {
+    const FULL: usize = std::mem::size_of::<DnsEvent>();
+    if data.len() == FULL {
+        return read_record(data);
+    }
+    if !(DNS_FIXED_LEN..FULL).contains(&data.len()) {
+        return Err(DecodeError::BadSize);
+    }
+    let mut full = [0u8; FULL];
+    full[..data.len()].copy_from_slice(data);
+    let ev: DnsEvent = read_record(&full)?;
+    if ev.payload_len as usize > data.len() - DNS_FIXED_LEN {
+        return Err(DecodeError::BadSize);
+    }
+    Ok(ev)
 }
 
 fn task(h: &Header) -> Task {
@@ -488,6 +539,98 @@ mod tests {
         };
         assert_eq!((c.result, c.ret), ("unknown", None));
         assert_eq!(c.daddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    fn dns(kind: EventKind, payload: &[u8]) -> DnsEvent {
+        let mut ev = DnsEvent {
+            hdr: header(kind),
+            sock_cookie: 1,
+            family: AF_INET,
+            dport: 53,
+            sport: 4000,
+            flags: 0,
+            udp_payload_len: payload.len() as u32,
+            payload_len: payload.len() as u32,
+            daddr: [0; 16],
+            payload: [0; rmm_common::DNS_PAYLOAD_LEN],
+        };
+        ev.payload[..payload.len()].copy_from_slice(payload);
+        ev
+    }
+
+    /// A batch entry as the kernel's stage writes it.
+    fn batch(records: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = vec![0u8; 16];
+        for r in records {
+            b.extend_from_slice(&(r.len() as u64).to_ne_bytes());
+            b.extend_from_slice(r);
+            b.resize(b.len().next_multiple_of(8), 0xee);
+        }
+        let (count, bytes) = (records.len() as u32, b.len() as u32);
+        b[..4].copy_from_slice(&BATCH_MAGIC.to_ne_bytes());
+        b[4..8].copy_from_slice(&count.to_ne_bytes());
+        b[8..12].copy_from_slice(&bytes.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn staged_batches_split_into_records_and_short_dns_records_decode() {
+        let q = crate::dns::tests::query(0x4242, "relay.example.com", 1, false);
+        let mut short = bytes_of(&dns(EventKind::Dns, &q));
+        short.truncate(DNS_FIXED_LEN + q.len());
+        let connect = ConnectEvent {
+            hdr: header(EventKind::Connect),
+            ret: 0,
+            fd: 3,
+            family: AF_INET,
+            dport: 443,
+            protocol: IPPROTO_TCP,
+            source: connect_source::SYSCALL,
+            _pad0: [0; 2],
+            daddr: [0; 16],
+            duration_ns: 1,
+        };
+        let entry = batch(&[bytes_of(&connect), short.clone()]);
+        let ranges = split_batch(&entry).expect("a well-formed batch");
+        assert_eq!(ranges.len(), 2);
+        assert!(matches!(
+            decode(&entry[ranges[0].clone()]),
+            Ok(Event::Connect(_))
+        ));
+        let Ok(Event::Dns(d)) = decode(&entry[ranges[1].clone()]) else {
+            panic!("the short DNS record decodes")
+        };
+        assert_eq!(
+            (d.query.qname.as_str(), d.query.txid),
+            ("relay.example.com", 0x4242)
+        );
+        // A single record is not a batch.
+        assert_eq!(split_batch(&bytes_of(&connect)), None);
+        // Framing that does not add up is refused whole, never a panic.
+        for bad in [
+            {
+                let mut e = entry.clone();
+                e[4] = 3; // count
+                e
+            },
+            {
+                let mut e = entry.clone();
+                e.truncate(e.len() - 8); // bytes
+                e
+            },
+            {
+                let mut e = entry.clone();
+                e[16..24].copy_from_slice(&u64::MAX.to_ne_bytes()); // a record's length
+                e
+            },
+            entry[..10].to_vec(),
+        ] {
+            assert_eq!(split_batch(&bad), None);
+        }
+        // A short DNS record whose payload_len claims more than it holds is refused.
+        let mut lying = short;
+        lying.truncate(DNS_FIXED_LEN + 8);
+        assert_eq!(decode(&lying).unwrap_err(), DecodeError::BadSize);
     }
 
     #[test]

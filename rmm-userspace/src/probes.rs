@@ -1,11 +1,17 @@
 //! Loading the eBPF object and attaching every program, with errors that name the probe.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
 };
 use rmm_common::{KernelOffsets, Settings};
 
@@ -151,7 +157,10 @@ fn raise_memlock() {
 }
 
 pub struct Loaded {
+    /// Network records are staged per CPU (`flush_stage` must be run on each CPU).
+    pub staging: bool,
     pub ebpf: Ebpf,
+    /// What the probes are attached to (the programs the daemon only runs are not listed).
     pub attached: Vec<String>,
     pub offsets_ok: bool,
 }
@@ -159,6 +168,11 @@ pub struct Loaded {
 /// Checks privileges and tracefs, reads the kernel offsets, and loads the object (maps
 /// created, globals set; programs not yet verified). Returns whether offsets were found.
 pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
+    load_object_staged(opts, opts.wakeup_bytes != 0)
+}
+
+/// `load_object`, with the per-CPU staging of network records on or off.
+fn load_object_staged(opts: &LoadOptions, staging: bool) -> Result<(Ebpf, bool)> {
     if OBJECT.is_empty() {
         bail!(
             "this rmm-monitor binary was built without its eBPF object; build it with \
@@ -181,13 +195,18 @@ pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     };
     let offsets_ok = offsets.is_some();
     let offsets = offsets.unwrap_or(KernelOffsets::zeroed());
+    let net_ring = check_ring_size(opts.net_ring_bytes)?;
     let settings = Settings {
         wakeup_bytes: opts.wakeup_bytes,
+        // A stage is sent to the network ring as one entry: an eighth of the ring at most, so
+        // that a small ring takes several (the kernel caps it at 8 KiB). Waking the reader on
+        // every record (`wakeup_bytes` 0) asks for the least delay: no staging then.
+        stage_bytes: if staging { u64::from(net_ring / 8) } else { 0 },
     };
 
     let ebpf = EbpfLoader::new()
         .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
-        .map_max_entries(NET_RING, check_ring_size(opts.net_ring_bytes)?)
+        .map_max_entries(NET_RING, net_ring)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .load(OBJECT)
@@ -206,6 +225,9 @@ pub enum Hook {
     SockAddr(&'static str),
     /// `cgroup_skb/egress` or `/ingress` on the cgroup v2 root.
     Skb(CgroupSkbAttachType),
+    /// Not attached: loaded so that the daemon can run it on each CPU (a raw tracepoint
+    /// program run with `BPF_PROG_TEST_RUN`).
+    Run,
 }
 
 /// Every program of the object and its hook, in attach order (process probes first, so the
@@ -250,7 +272,13 @@ pub const PROBES: &[(&str, Hook)] = &[
     ("cgroup_connect6", Hook::SockAddr("connect6")),
     ("dns_egress", Hook::Skb(CgroupSkbAttachType::Egress)),
     ("dns_ingress", Hook::Skb(CgroupSkbAttachType::Ingress)),
+    ("flush_stage", Hook::Run),
 ];
+
+/// The program the network ring's reader runs on a CPU to flush its stage.
+pub const FLUSH_PROGRAM: &str = "flush_stage";
+/// Bytes waiting in each CPU's stage.
+pub const STAGED_MAP: &str = "STAGED";
 
 impl Hook {
     fn describe(self, cgroup_root: &std::path::Path) -> String {
@@ -263,12 +291,23 @@ impl Hook {
             Hook::Skb(CgroupSkbAttachType::Ingress) => {
                 format!("cgroup_skb/ingress on {}", cgroup_root.display())
             }
+            Hook::Run => "run on each CPU by the daemon".into(),
         }
     }
 }
 
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     let (mut ebpf, offsets_ok) = load_object(opts)?;
+    // Staged network records need the daemon to run the flush program on each CPU: if this
+    // kernel cannot (BPF_F_TEST_RUN_ON_CPU is Linux >= 5.10), load again without staging.
+    let mut staging = opts.wakeup_bytes != 0;
+    if staging && let Err(e) = check_flush(&mut ebpf) {
+        log::warn!(
+            "network records are not staged per CPU ({e:#}): one ring entry per record instead"
+        );
+        staging = false;
+        ebpf = load_object_staged(opts, false)?.0;
+    }
     let cgroup_root = cgroup2_root()?;
     let cgroup = fs::File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
@@ -305,6 +344,14 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
                 p.attach(&cgroup, attach_type, CgroupAttachMode::Single)
                     .with_context(|| format!("attaching {what}"))?;
             }
+            Hook::Run => {
+                let p: &mut RawTracePoint = program.try_into().with_context(wrong_type)?;
+                // `check_flush` may have loaded it already.
+                if p.fd().is_err() {
+                    p.load().map_err(verify)?;
+                }
+                continue;
+            }
         }
         attached.push(what);
     }
@@ -313,7 +360,73 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         ebpf,
         attached,
         offsets_ok,
+        staging,
     })
+}
+
+/// Loads the flush program and runs it once on this CPU.
+fn check_flush(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(FLUSH_PROGRAM)
+        .with_context(|| format!("program {FLUSH_PROGRAM} missing"))?
+        .try_into()
+        .with_context(|| format!("program {FLUSH_PROGRAM} is not a raw tracepoint program"))?;
+    p.load()
+        .map_err(|e| anyhow::Error::new(e).context(format!("loading {FLUSH_PROGRAM}")))?;
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() }.max(0) as u32;
+    run_on_cpu(p.fd()?.as_fd(), cpu)
+}
+
+/// Runs a raw tracepoint program once on `cpu` (`BPF_PROG_TEST_RUN` with
+/// `BPF_F_TEST_RUN_ON_CPU`); the call returns once it has run there.
+pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<()> {
+    /// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
+    let attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        flags: BPF_F_TEST_RUN_ON_CPU,
+        cpu,
+        ..Default::default()
+    };
+    // SAFETY: a BPF_PROG_TEST_RUN call with a valid attribute block of the size given; the
+    // kernel reads it and writes `retval` and `duration` into it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw const attr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "BPF_PROG_TEST_RUN on CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// Adds what to do when the failure is a missing privilege.

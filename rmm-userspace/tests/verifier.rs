@@ -1,7 +1,7 @@
 //! Every eBPF program in the embedded object passes this kernel's verifier (root only; run by
 //! `cargo xtask test`, which builds the object first).
 
-use aya::programs::{CgroupSkb, CgroupSockAddr, TracePoint};
+use aya::programs::{CgroupSkb, CgroupSockAddr, RawTracePoint, TracePoint};
 use rmm_userspace::probes::{self, LoadOptions, PROBES};
 
 #[test]
@@ -27,6 +27,8 @@ fn every_program_passes_the_verifier() {
         } else if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *prog) {
             p.load()
         } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
+            p.load()
+        } else if let Ok(p) = <&mut RawTracePoint>::try_from(&mut *prog) {
             p.load()
         } else {
             panic!("program {name} has an unexpected type");

@@ -1,0 +1,211 @@
+//! Per-CPU staging of network records: connect and DNS records are written into this CPU's
+//! stage and go to `NET_EVENTS` several kilobytes at a time, one ring reservation for dozens
+//! of records instead of one each (the reservation, a locked operation with interrupts off, is
+//! the dearest part of a record). A stage is flushed when the next record would not fit, and
+//! by the daemon's poll timer, which runs `flush_stage` on every CPU that has records waiting
+//! (`BPF_PROG_TEST_RUN` on that CPU), so a lone record waits one poll period at most.
+//!
+//! A program that finds its CPU's stage in use (a program it interrupted, or that was preempted
+//! on this CPU) reserves its own ring entry, as every record did before staging.
+
+use aya_ebpf::{
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
+};
+use rmm_common::{BATCH_MAGIC, BatchHeader, DropReason};
+
+use crate::maps::{NET_EVENTS, count_drops, settings_stage_bytes, submit_flags};
+
+/// A stage is flushed before a record would end past `SETTINGS.stage_bytes`, at most this
+/// many bytes (a power of two).
+pub const FLUSH_AT: usize = 8192;
+/// Room for the largest record after `FLUSH_AT` (a `DnsEvent` is 608 bytes).
+const CAP: usize = FLUSH_AT + 1024;
+const HDR: usize = core::mem::size_of::<BatchHeader>();
+/// Each record is preceded by its length.
+const PREFIX: usize = 8;
+
+/// What a record counts as when its stage cannot be flushed (ring buffer full).
+#[derive(Clone, Copy)]
+pub enum Staged {
+    Connect = 0,
+    Dns = 1,
+    DnsAnswer = 2,
+}
+
+const DROP_AS: [DropReason; 3] = [
+    DropReason::ConnectReserve,
+    DropReason::DnsReserve,
+    DropReason::DnsAnswerReserve,
+];
+
+#[repr(C)]
+pub struct Stage {
+    /// 1 while a program writes to or flushes the stage (see `take`).
+    busy: u64,
+    /// Bytes used in `data` (the batch header included once a record is in).
+    len: u32,
+    /// Records waiting, by `Staged` kind.
+    counts: [u32; 3],
+    data: [u8; CAP],
+}
+
+#[map]
+static STAGES: PerCpuArray<Stage> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes waiting in each CPU's stage: the daemon reads it to flush only the CPUs that have
+/// records waiting.
+#[map]
+static STAGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// A record being written into a stage.
+pub struct Slot {
+    stage: *mut Stage,
+    /// Offset of the record's length prefix in `data`.
+    off: usize,
+}
+
+impl Slot {
+    /// Room for a `T` in this CPU's stage, or `None` when the stage is in use (the caller
+    /// reserves its own ring entry then).
+    #[inline(always)]
+    pub fn new<T>() -> Option<Slot> {
+        let flush_at = (settings_stage_bytes() as usize).min(FLUSH_AT);
+        if flush_at == 0 {
+            return None;
+        }
+        let stage = STAGES.get_ptr_mut(0)?;
+        // SAFETY: this CPU's stage.
+        if take(unsafe { &raw mut (*stage).busy }) != 0 {
+            return None;
+        }
+        // SAFETY: the stage is ours until `busy` is cleared.
+        let st = unsafe { &mut *stage };
+        let mut len = st.len as usize;
+        if len < HDR {
+            len = HDR;
+        }
+        if len > HDR && len + PREFIX + core::mem::size_of::<T>() > flush_at {
+            flush(st);
+            len = HDR;
+        }
+        Some(Slot {
+            stage,
+            // A bound the verifier can see (a no-op: len is below FLUSH_AT).
+            off: len & (FLUSH_AT - 1),
+        })
+    }
+
+    /// The record to fill in.
+    #[inline(always)]
+    pub fn record<T>(&mut self) -> *mut T {
+        // SAFETY: off < FLUSH_AT and a record is at most CAP - FLUSH_AT - PREFIX bytes, so it
+        // stays inside `data`; off is a multiple of 8 and `data` 8-aligned in the value.
+        unsafe {
+            (*self.stage)
+                .data
+                .as_mut_ptr()
+                .add(self.off + PREFIX)
+                .cast()
+        }
+    }
+
+    /// Keeps the first `len` bytes of the record and releases the stage.
+    #[inline(always)]
+    pub fn commit(self, len: usize, kind: Staged) {
+        // SAFETY: the stage is ours until `busy` is cleared below.
+        let st = unsafe { &mut *self.stage };
+        // SAFETY: off + 8 <= FLUSH_AT + 8 < CAP, 8-aligned (see `record`).
+        unsafe { *st.data.as_mut_ptr().add(self.off).cast::<u64>() = len as u64 };
+        let end = self.off + PREFIX + ((len + 7) & !7);
+        st.len = end as u32;
+        st.counts[kind as usize % 3] += 1;
+        set_staged(end as u32);
+        give(&raw mut st.busy);
+    }
+}
+
+/// Sets `*flag` to 1 and returns what it was, in one atomic instruction (BPF_XCHG): the
+/// Rust BPF target offers no compare-and-swap, so `core::sync::atomic` cannot.
+#[inline(always)]
+fn take(flag: *mut u64) -> u64 {
+    let mut v: u64 = 1;
+    // SAFETY: flag points into a map value (8-aligned); the instruction reads and writes those
+    // 8 bytes atomically and touches nothing else.
+    unsafe {
+        core::arch::asm!(
+            "{v} = xchg_64({p} + 0, {v})",
+            p = in(reg) flag,
+            v = inout(reg) v,
+            options(nostack),
+        );
+    }
+    v
+}
+
+/// Clears a flag set by `take`, after the stores before it (a store on the same CPU is seen
+/// in order by a program that interrupts this one).
+#[inline(always)]
+fn give(flag: *mut u64) {
+    // SAFETY: as in `take`.
+    unsafe { core::ptr::write_volatile(flag, 0) };
+}
+
+#[inline(always)]
+fn set_staged(bytes: u32) {
+    if let Some(s) = STAGED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *s = bytes };
+    }
+}
+
+/// Sends the stage's records to the ring as one entry (the stage must be held).
+#[inline(always)]
+fn flush(st: &mut Stage) {
+    let len = st.len as usize;
+    if len <= HDR {
+        return;
+    }
+    let count = st.counts[0] + st.counts[1] + st.counts[2];
+    // SAFETY: the header's place at the start of `data` (8-aligned).
+    unsafe {
+        *st.data.as_mut_ptr().cast::<BatchHeader>() = BatchHeader {
+            magic: BATCH_MAGIC,
+            count,
+            bytes: len as u32,
+            _pad: 0,
+        };
+    }
+    // Bounded for the verifier (a no-op: len <= FLUSH_AT + PREFIX + a record < CAP).
+    let n = if len > CAP { CAP } else { len };
+    if NET_EVENTS
+        .output::<[u8]>(&st.data[..n], submit_flags(&NET_EVENTS))
+        .is_err()
+    {
+        for (i, reason) in DROP_AS.iter().enumerate() {
+            count_drops(*reason, u64::from(st.counts[i]));
+        }
+    }
+    st.len = HDR as u32;
+    st.counts = [0; 3];
+    set_staged(0);
+}
+
+/// Not attached anywhere: the daemon runs it on a CPU (`BPF_PROG_TEST_RUN` with
+/// `BPF_F_TEST_RUN_ON_CPU`) to flush that CPU's stage. A stage in use is left for next time.
+#[raw_tracepoint(tracepoint = "rmm_flush_stage")]
+pub fn flush_stage(_ctx: RawTracePointContext) -> i32 {
+    let Some(stage) = STAGES.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's stage.
+    let busy = unsafe { &raw mut (*stage).busy };
+    if take(busy) != 0 {
+        return 1;
+    }
+    // SAFETY: the stage is ours until `busy` is cleared.
+    flush(unsafe { &mut *stage });
+    give(busy);
+    0
+}
