@@ -153,8 +153,9 @@ struct RunArgs {
     /// Size in bytes of the connect/DNS ring buffer (power of two, >= page size; default 2 MiB).
     #[arg(long)]
     net_ring_bytes: Option<u32>,
-    /// Wake the reader once this many bytes wait in a ring (0 = on every event; default 256 KiB);
-    /// below it, records are collected every --poll-ms.
+    /// Wake the reader once this many bytes wait in a ring (0 = on every event, and no per-CPU
+    /// staging of network records; default 256 KiB); below it, records are collected every
+    /// --poll-ms.
     #[arg(long)]
     wakeup_bytes: Option<u64>,
     /// Period of the ring poll timer in milliseconds (bounds the delay of a lone event; default 25).
