@@ -173,23 +173,21 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
         }
     }
     let payload_off = l4 + UDP_HEADER_LEN;
-    let total = (ctx.len() as usize).checked_sub(payload_off)?;
+    let d = Datagram {
+        ingress,
+        remote,
+        family,
+        remote_port,
+        local_port,
+        payload_off,
+        total: (ctx.len() as usize).checked_sub(payload_off)?,
+    };
 
     if let Some(mut slot) = Slot::new::<DnsEvent>() {
         // SAFETY: the slot's record is ours until commit; the payload is kept only up to
         // payload_len.
         let ev = unsafe { &mut *slot.record::<DnsEvent>() };
-        fill(
-            ctx,
-            ev,
-            ingress,
-            remote,
-            family,
-            remote_port,
-            local_port,
-            payload_off,
-            total,
-        );
+        fill(ctx, ev, &d);
         let len = DNS_FIXED_LEN + ev.payload_len as usize;
         slot.commit(
             len,
@@ -211,40 +209,28 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
     };
     // SAFETY: the entry is ours until submit; the payload is read only up to payload_len.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill(
-        ctx,
-        ev,
-        ingress,
-        remote,
-        family,
-        remote_port,
-        local_port,
-        payload_off,
-        total,
-    );
+    fill(ctx, ev, &d);
     entry.submit(submit_flags(&NET_EVENTS));
     Some(())
 }
 
-/// Fills a DNS record: the header, the addresses, and up to `DNS_PAYLOAD_LEN` bytes of the
-/// `total`-byte payload at `payload_off`.
-#[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one record's fields, inlined into the hooks"
-)]
-fn fill(
-    ctx: &SkBuffContext,
-    ev: &mut DnsEvent,
+/// What a record says of a DNS datagram.
+struct Datagram {
     ingress: bool,
     remote: [u8; 16],
     family: u16,
     remote_port: u16,
     local_port: u16,
+    /// Where the UDP payload starts in the packet, and its length.
     payload_off: usize,
     total: usize,
-) {
-    if ingress {
+}
+
+/// Fills a DNS record: the header, the addresses, and up to `DNS_PAYLOAD_LEN` bytes of the
+/// payload.
+#[inline(always)]
+fn fill(ctx: &SkBuffContext, ev: &mut DnsEvent, d: &Datagram) {
+    if d.ingress {
         // Received in softirq or in the sender's context: the current task is not the
         // socket's owner, so no task fields (userspace matches answers by socket cookie).
         ev.hdr.kind = EventKind::DnsAnswer as u32;
@@ -262,14 +248,14 @@ fn fill(
     }
     // SAFETY: the context is a cgroup_skb __sk_buff.
     ev.sock_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    ev.family = family;
-    ev.dport = remote_port;
-    ev.sport = local_port;
+    ev.family = d.family;
+    ev.dport = d.remote_port;
+    ev.sport = d.local_port;
     ev.flags = 0;
-    ev.udp_payload_len = total as u32;
+    ev.udp_payload_len = d.total as u32;
     ev.payload_len = 0;
-    ev.daddr = remote;
-    let mut n = total;
+    ev.daddr = d.remote;
+    let mut n = d.total;
     if n > DNS_PAYLOAD_LEN {
         n = DNS_PAYLOAD_LEN;
         ev.flags |= dns_flags::TRUNCATED;
@@ -279,7 +265,7 @@ fn fill(
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
-                payload_off as u32,
+                d.payload_off as u32,
                 ev.payload.as_mut_ptr().cast(),
                 n as u32,
             )
