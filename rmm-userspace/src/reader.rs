@@ -52,16 +52,12 @@ impl Flusher {
         let mut n = 0;
         for (cpu, bytes) in waiting.iter().enumerate() {
             if *bytes > 0 {
-                self.run_on(cpu as u32)
+                crate::probes::run_on_cpu(self.prog.as_fd(), cpu as u32)
                     .with_context(|| format!("flushing the stage of CPU {cpu}"))?;
                 n += 1;
             }
         }
         Ok(n)
-    }
-
-    fn run_on(&self, cpu: u32) -> Result<()> {
-        crate::probes::run_on_cpu(self.prog.as_fd(), cpu)
     }
 }
 
