@@ -13,7 +13,7 @@ use crate::{
         CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
         fill_header, submit_flags,
     },
-    stage::{Slot, Staged},
+    stage::Slot,
 };
 
 /// `syscalls/sys_enter_connect`: reads `fd` (offset 16). Only marks this CPU: the destination
@@ -80,7 +80,7 @@ fn emit(p: &PendingConnect, ret: i32, source: u8) {
             ret,
             source,
         );
-        slot.commit(size_of::<ConnectEvent>(), Staged::Connect);
+        slot.commit(size_of::<ConnectEvent>(), DropReason::ConnectReserve);
         return;
     }
     let Some(mut entry) = NET_EVENTS.reserve::<ConnectEvent>(0) else {

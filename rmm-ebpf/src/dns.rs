@@ -16,7 +16,7 @@ use rmm_common::{
 
 use crate::{
     maps::{NET_EVENTS, count_drop, fill_header, submit_flags},
-    stage::{Slot, Staged},
+    stage::Slot,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -182,6 +182,11 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
         payload_off,
         total: (ctx.len() as usize).checked_sub(payload_off)?,
     };
+    let drop_as = if ingress {
+        DropReason::DnsAnswerReserve
+    } else {
+        DropReason::DnsReserve
+    };
 
     if let Some(mut slot) = Slot::new::<DnsEvent>() {
         // SAFETY: the slot's record is ours until commit; the payload is kept only up to
@@ -189,22 +194,11 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
         let ev = unsafe { &mut *slot.record::<DnsEvent>() };
         fill(ctx, ev, &d);
         let len = DNS_FIXED_LEN + ev.payload_len as usize;
-        slot.commit(
-            len,
-            if ingress {
-                Staged::DnsAnswer
-            } else {
-                Staged::Dns
-            },
-        );
+        slot.commit(len, drop_as);
         return Some(());
     }
     let Some(mut entry) = NET_EVENTS.reserve::<DnsEvent>(0) else {
-        count_drop(if ingress {
-            DropReason::DnsAnswerReserve
-        } else {
-            DropReason::DnsReserve
-        });
+        count_drop(drop_as);
         return None;
     };
     // SAFETY: the entry is ours until submit; the payload is read only up to payload_len.

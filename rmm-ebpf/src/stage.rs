@@ -26,19 +26,23 @@ const HDR: usize = core::mem::size_of::<BatchHeader>();
 /// Each record is preceded by its length.
 const PREFIX: usize = 8;
 
-/// What a record counts as when its stage cannot be flushed (ring buffer full).
-#[derive(Clone, Copy)]
-pub enum Staged {
-    Connect = 0,
-    Dns = 1,
-    DnsAnswer = 2,
-}
-
+/// What the records of a stage count as when the ring refuses the stage: the reasons a
+/// record reserved on its own would be counted under, one counter per reason.
 const DROP_AS: [DropReason; 3] = [
     DropReason::ConnectReserve,
     DropReason::DnsReserve,
     DropReason::DnsAnswerReserve,
 ];
+
+/// The counter of `DROP_AS` for a record's drop reason.
+#[inline(always)]
+const fn drop_index(reason: DropReason) -> usize {
+    match reason {
+        DropReason::ConnectReserve => 0,
+        DropReason::DnsReserve => 1,
+        _ => 2,
+    }
+}
 
 #[repr(C)]
 pub struct Stage {
@@ -46,7 +50,7 @@ pub struct Stage {
     busy: u64,
     /// Bytes used in `data` (the batch header included once a record is in).
     len: u32,
-    /// Records waiting, by `Staged` kind.
+    /// Records waiting, by `DROP_AS` reason.
     counts: [u32; 3],
     data: [u8; CAP],
 }
@@ -111,16 +115,17 @@ impl Slot {
         }
     }
 
-    /// Keeps the first `len` bytes of the record and releases the stage.
+    /// Keeps the first `len` bytes of the record and releases the stage. `drop_as`: what the
+    /// record counts as if the ring refuses the stage.
     #[inline(always)]
-    pub fn commit(self, len: usize, kind: Staged) {
+    pub fn commit(self, len: usize, drop_as: DropReason) {
         // SAFETY: the stage is ours until `busy` is cleared below.
         let st = unsafe { &mut *self.stage };
         // SAFETY: off + 8 <= FLUSH_AT + 8 < CAP, 8-aligned (see `record`).
         unsafe { *st.data.as_mut_ptr().add(self.off).cast::<u64>() = len as u64 };
         let end = self.off + PREFIX + ((len + 7) & !7);
         st.len = end as u32;
-        st.counts[kind as usize % 3] += 1;
+        st.counts[drop_index(drop_as)] += 1;
         set_staged(end as u32);
         give(&raw mut st.busy);
     }

@@ -30,6 +30,14 @@ pub struct LoadOptions {
     pub wakeup_bytes: u64,
 }
 
+impl LoadOptions {
+    /// Network records are staged per CPU unless the reader is to be woken on every record
+    /// (`wakeup_bytes` 0 asks for the least delay).
+    pub fn staging(&self) -> bool {
+        self.wakeup_bytes != 0
+    }
+}
+
 /// Checks a ring size: a power of two and a multiple of the page size (the kernel's rule).
 pub fn check_ring_size(bytes: u32) -> Result<u32> {
     // SAFETY: sysconf has no preconditions.
@@ -168,7 +176,7 @@ pub struct Loaded {
 /// Checks privileges and tracefs, reads the kernel offsets, and loads the object (maps
 /// created, globals set; programs not yet verified). Returns whether offsets were found.
 pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
-    load_object_staged(opts, opts.wakeup_bytes != 0)
+    load_object_staged(opts, opts.staging())
 }
 
 /// `load_object`, with the per-CPU staging of network records on or off.
@@ -199,8 +207,7 @@ fn load_object_staged(opts: &LoadOptions, staging: bool) -> Result<(Ebpf, bool)>
     let settings = Settings {
         wakeup_bytes: opts.wakeup_bytes,
         // A stage is sent to the network ring as one entry: an eighth of the ring at most, so
-        // that a small ring takes several (the kernel caps it at 8 KiB). Waking the reader on
-        // every record (`wakeup_bytes` 0) asks for the least delay: no staging then.
+        // that a small ring takes several (the kernel caps it at 8 KiB).
         stage_bytes: if staging { u64::from(net_ring / 8) } else { 0 },
     };
 
@@ -300,7 +307,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     let (mut ebpf, offsets_ok) = load_object(opts)?;
     // Staged network records need the daemon to run the flush program on each CPU: if this
     // kernel cannot (BPF_F_TEST_RUN_ON_CPU is Linux >= 5.10), load again without staging.
-    let mut staging = opts.wakeup_bytes != 0;
+    let mut staging = opts.staging();
     if staging && let Err(e) = check_flush(&mut ebpf) {
         log::warn!(
             "network records are not staged per CPU ({e:#}): one ring entry per record instead"
