@@ -251,6 +251,9 @@ pub mod dns_flags {
     pub const TRUNCATED: u16 = 1 << 0;
     /// Copying the payload failed.
     pub const LOAD_ERROR: u16 = 1 << 1;
+    /// The sending task could not be read (a kernel without the task helpers in cgroup_skb
+    /// and without kernel offsets): the header's task fields are zero.
+    pub const NO_TASK: u16 = 1 << 2;
 }
 
 /// A UDP packet to port 53 leaving a socket (cgroup_skb egress), whatever API sent it; or, as
@@ -324,6 +327,23 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
+    /// The current task's identity, read from the task where the kernel refuses the task
+    /// helpers (`cgroup_skb` programs before Linux 6.x): `task_struct.pid`, `.comm`, `.cred`,
+    /// `cred.uid`, `cred.gid`, and the cgroup v2 id through `task_struct.cgroups`,
+    /// `css_set.dfl_cgrp`, `cgroup.kn` and `kernfs_node.id`.
+    pub task_pid: u32,
+    pub task_comm: u32,
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub cred_gid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `task_struct.signal` and `signal_struct.live` (the count of live threads): the death
+    /// of a thread group where `sched_process_exit` has no `group_dead` field (Linux < 6.16).
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 impl KernelOffsets {
@@ -348,8 +368,53 @@ impl KernelOffsets {
             mount_mnt_parent: 0,
             mount_mnt_mountpoint: 0,
             vfsmount_mnt_root: 0,
+            task_pid: 0,
+            task_comm: 0,
+            task_cred: 0,
+            cred_uid: 0,
+            cred_gid: 0,
+            task_cgroups: 0,
+            css_set_dfl_cgrp: 0,
+            cgroup_kn: 0,
+            kernfs_node_id: 0,
+            task_signal: 0,
+            signal_live: 0,
         }
     }
+}
+
+/// `Settings::features` bits: what this kernel lets the programs do, probed by the daemon at
+/// start-up. The settings are read-only data, so the verifier knows each bit and never looks
+/// at the branch a bit turns off (a helper the kernel lacks there is no load failure).
+pub mod feature {
+    /// `bpf_ktime_get_coarse_ns` in cgroup sock_addr programs (Linux 5.11).
+    pub const COARSE_CLOCK: u32 = 1 << 0;
+    /// `bpf_get_current_{pid_tgid,uid_gid,comm,cgroup_id}` in cgroup_skb programs; without
+    /// them the sender of a DNS query is read from the current task through `KernelOffsets`.
+    pub const SKB_TASK_HELPERS: u32 = 1 << 1;
+    /// `sched_process_exit` has a `group_dead` field (Linux 6.16) at
+    /// `TracepointFields::exit_group_dead`; without it, the thread group is dead when
+    /// `signal->live` is 0.
+    pub const EXIT_GROUP_DEAD: u32 = 1 << 2;
+}
+
+/// Byte offsets of the tracepoint fields the programs read, from the events' `format` files
+/// in tracefs (never assumed: they differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointFields {
+    /// `sched/sched_process_exec`: `filename` (`__data_loc char[]`).
+    pub exec_filename: u32,
+    /// `task/task_newtask`: `pid`.
+    pub newtask_pid: u32,
+    /// `task/task_newtask`: `clone_flags`.
+    pub newtask_clone_flags: u32,
+    /// `sched/sched_process_exit`: `group_dead`, when `feature::EXIT_GROUP_DEAD` is set.
+    pub exit_group_dead: u32,
+    /// `syscalls/sys_enter_connect`: `fd`.
+    pub enter_connect_fd: u32,
+    /// `syscalls/sys_exit_connect`: `ret`.
+    pub exit_connect_ret: u32,
 }
 
 /// Run-time settings of the programs, the global `SETTINGS`.
@@ -362,6 +427,10 @@ pub struct Settings {
     /// A CPU's stage of network records is sent to the ring once it holds this many bytes
     /// (at most the stage's size, 8 KiB; 0: no staging, one ring entry per record).
     pub stage_bytes: u64,
+    /// `feature` bits.
+    pub features: u32,
+    pub fields: TracepointFields,
+    pub _pad: u32,
 }
 
 impl Settings {
@@ -369,6 +438,16 @@ impl Settings {
         Settings {
             wakeup_bytes: 0,
             stage_bytes: 0,
+            features: 0,
+            fields: TracepointFields {
+                exec_filename: 0,
+                newtask_pid: 0,
+                newtask_clone_flags: 0,
+                exit_group_dead: 0,
+                enter_connect_fd: 0,
+                exit_connect_ret: 0,
+            },
+            _pad: 0,
         }
     }
 }
@@ -382,7 +461,8 @@ const _: () = assert!(size_of::<ForkEvent>() == 64);
 const _: () = assert!(size_of::<ExitEvent>() == 64);
 const _: () = assert!(size_of::<ConnectEvent>() == 56 + 8 + 8 + 16 + 8);
 const _: () = assert!(size_of::<DnsEvent>() == 56 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
-const _: () = assert!(size_of::<KernelOffsets>() == 19 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(size_of::<Settings>() == 16 + 4 + 6 * 4 + 4);
 const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<DnsEvent>().is_multiple_of(8));
 const _: () = assert!(PATH_START_LIMIT + PATH_COMPONENT_MAX <= PATH_LEN);

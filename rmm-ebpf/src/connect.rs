@@ -6,23 +6,23 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
 };
-use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect_source};
+use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect_source, feature};
 
 use crate::{
     maps::{
-        CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
-        fill_header, submit_flags,
+        CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop, fields,
+        fill_header, has_feature, submit_flags,
     },
     stage::Slot,
 };
 
-/// `syscalls/sys_enter_connect`: reads `fd` (offset 16). Only marks this CPU: the destination
-/// and protocol come from the cgroup hook (kernel memory, no user-memory read), and a connect on
-/// a non-INET socket, which never reaches the hook, costs nothing more.
+/// `syscalls/sys_enter_connect`: reads `fd`. Only marks this CPU: the destination and
+/// protocol come from the cgroup hook (kernel memory, no user-memory read), and a connect on a
+/// non-INET socket, which never reaches the hook, costs nothing more.
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the tracepoint's format file.
-    let fd = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    // SAFETY: the offset is the field's, from the tracepoint's format file.
+    let fd = unsafe { ctx.read_at::<i64>(fields().enter_connect_fd as usize) }.unwrap_or(-1);
     if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; programs do not nest on a CPU for this tracepoint.
         unsafe {
@@ -36,7 +36,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `syscalls/sys_exit_connect`: reads `ret` (offset 16) and reports the pending connect.
+/// `syscalls/sys_exit_connect`: reads `ret` and reports the pending connect.
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
@@ -51,18 +51,14 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    let Some(slot) = PENDING_CONNECT.get_ptr_mut(&key) else {
+    let Some(slot) = PENDING_CONNECT.get_ptr(&key) else {
         return 0;
     };
     // SAFETY: this thread's own entry; no other program writes it concurrently.
     let pending = unsafe { *slot };
-    if pending.active == 0 {
-        return 0;
-    }
-    // SAFETY: as above.
-    unsafe { (*slot).active = 0 };
-    // SAFETY: offset from the tracepoint's format file.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+    let _ = PENDING_CONNECT.remove(&key);
+    // SAFETY: the offset is the field's, from the tracepoint's format file.
+    let ret = unsafe { ctx.read_at::<i64>(fields().exit_connect_ret as usize) }.unwrap_or(0);
     emit(&pending, ret as i32, connect_source::SYSCALL);
     0
 }
@@ -151,7 +147,8 @@ pub fn cgroup_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Longest time from `sys_enter_connect` to the cgroup hook of the same connect. Checked
-/// against the coarse clock (a few ms of resolution, and far cheaper than the precise one);
+/// against the coarse clock where the kernel has it (a few ms of resolution, and far cheaper
+/// than the precise one; Linux 5.11);
 /// the exit of a connect(2) that never reached the hook clears its mark anyway, so this only
 /// guards against a mark left behind by a thread that moved to another CPU in between.
 const MARK_FRESH_NS: u64 = 50_000_000;
@@ -168,32 +165,34 @@ fn on_cgroup_connect(family: u16, daddr: [u8; 16], user_port: u32, protocol: u32
         family,
         dport: u16::from_be(user_port as u16),
         protocol: protocol as u8,
-        active: 0,
-        _pad: [0; 6],
+        _pad: [0; 7],
         daddr,
     };
     if let Some(mark) = CONNECT_MARK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         let m = unsafe { &mut *mark };
-        // SAFETY: helper without arguments.
-        if m.pid_tgid == key
-            && unsafe { bpf_ktime_get_coarse_ns() }.saturating_sub(m.ts_ns) < MARK_FRESH_NS
-        {
+        if m.pid_tgid == key && now_coarse().saturating_sub(m.ts_ns) < MARK_FRESH_NS {
             p.start_ns = m.ts_ns;
             p.fd = m.fd as i32;
             m.pid_tgid = 0;
-            p.active = 1;
-            match PENDING_CONNECT.get_ptr_mut(&key) {
-                // SAFETY: this thread's own entry.
-                Some(slot) => unsafe { *slot = p },
-                None => {
-                    if PENDING_CONNECT.insert(&key, &p, 0).is_err() {
-                        count_drop(DropReason::ConnectPendingFull);
-                    }
-                }
+            if PENDING_CONNECT.insert(&key, &p, 0).is_err() {
+                count_drop(DropReason::ConnectPendingFull);
             }
             return;
         }
     }
     emit(&p, 0, connect_source::CGROUP_ONLY);
+}
+
+/// The coarse clock where this kernel has it in cgroup programs, the precise one otherwise.
+#[inline(always)]
+fn now_coarse() -> u64 {
+    // SAFETY: helpers without arguments.
+    unsafe {
+        if has_feature(feature::COARSE_CLOCK) {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }

@@ -15,13 +15,15 @@ use rmm_common::{
 };
 
 use crate::{
-    maps::{NET_EVENTS, count_drop, fill_header, submit_flags},
+    kernel::nonzero_len,
+    maps::{NET_EVENTS, count_drop, fill_header_skb, submit_flags},
     stage::Slot,
 };
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const UDP_HEADER_LEN: usize = 8;
+const _: () = assert!(DNS_PAYLOAD_LEN.is_power_of_two());
 
 /// cgroup_skb egress: reads the IPv4/IPv6 and UDP headers (data starts at the network
 /// header); reports datagrams to port 53. Always lets the packet pass.
@@ -224,6 +226,7 @@ struct Datagram {
 /// payload.
 #[inline(always)]
 fn fill(ctx: &SkBuffContext, ev: &mut DnsEvent, d: &Datagram) {
+    ev.flags = 0;
     if d.ingress {
         // Received in softirq or in the sender's context: the current task is not the
         // socket's owner, so no task fields (userspace matches answers by socket cookie).
@@ -237,15 +240,14 @@ fn fill(ctx: &SkBuffContext, ev: &mut DnsEvent, d: &Datagram) {
         ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.hdr.cgroup_id = 0;
         ev.hdr.comm = [0; 16];
-    } else {
-        fill_header(&mut ev.hdr, EventKind::Dns);
+    } else if !fill_header_skb(&mut ev.hdr, EventKind::Dns) {
+        ev.flags |= dns_flags::NO_TASK;
     }
     // SAFETY: the context is a cgroup_skb __sk_buff.
     ev.sock_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ev.family = d.family;
     ev.dport = d.remote_port;
     ev.sport = d.local_port;
-    ev.flags = 0;
     ev.udp_payload_len = d.total as u32;
     ev.payload_len = 0;
     ev.daddr = d.remote;
@@ -255,17 +257,18 @@ fn fill(ctx: &SkBuffContext, ev: &mut DnsEvent, d: &Datagram) {
         ev.flags |= dns_flags::TRUNCATED;
     }
     if n > 0 {
-        // SAFETY: n is in 1..=DNS_PAYLOAD_LEN, the size of the destination.
+        let len = nonzero_len(n, DNS_PAYLOAD_LEN);
+        // SAFETY: len is in 1..=DNS_PAYLOAD_LEN, the size of the destination.
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
                 d.payload_off as u32,
                 ev.payload.as_mut_ptr().cast(),
-                n as u32,
+                len,
             )
         };
         if ret == 0 {
-            ev.payload_len = n as u32;
+            ev.payload_len = len;
         } else {
             ev.flags |= dns_flags::LOAD_ERROR;
         }

@@ -1,15 +1,17 @@
 //! Maps and globals shared by every program, and the helpers that fill and submit records.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use rmm_common::{DropReason, EventKind, Header, KernelOffsets, Settings};
+use rmm_common::{DropReason, EventKind, Header, KernelOffsets, Settings, TracepointFields};
+
+use crate::kernel::{read, read_ptr};
 
 /// exec, fork and exit records. Sized by the daemon (`map_max_entries`).
 #[map]
@@ -32,18 +34,17 @@ pub struct PendingConnect {
     pub family: u16,
     pub dport: u16,
     pub protocol: u8,
-    /// 1 from the hook until `sys_exit_connect` has reported it.
-    pub active: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
     pub daddr: [u8; 16],
 }
 
-/// One entry per live thread that has connected, updated in place by each of its connects and
-/// deleted when the thread exits: no insert/delete per connect. Not preallocated, so the memory
-/// follows the number of such threads.
+/// Connects in flight: inserted by the cgroup hook, removed by `sys_exit_connect` (and, should
+/// an exit ever be missed, when the thread exits). Preallocated: kernels before 6.1 refuse
+/// run-time allocated hash maps in tracing programs, and a preallocated insert or delete is a
+/// free-list operation. 8192 threads blocked in `connect(2)` at once is far above any real
+/// host; beyond it the connect is counted as `connect_pending_map_full`.
 #[map]
-pub static PENDING_CONNECT: HashMap<u64, PendingConnect> =
-    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+pub static PENDING_CONNECT: HashMap<u64, PendingConnect> = HashMap::with_max_entries(8192, 0);
 
 /// Set by `sys_enter_connect` on its CPU: which thread entered `connect(2)`, when, on which fd.
 /// The cgroup hook that follows on the same CPU knows from it that the connect came through the
@@ -80,6 +81,22 @@ pub fn settings_stage_bytes() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const SETTINGS.stage_bytes) }
 }
 
+/// Whether this kernel offers a `rmm_common::feature`. A load from read-only data: the
+/// verifier knows the value and skips the branch that the kernel could not run.
+#[inline(always)]
+pub fn has_feature(bit: u32) -> bool {
+    // SAFETY: see `offsets`.
+    let features = unsafe { core::ptr::read_volatile(&raw const SETTINGS.features) };
+    features & bit != 0
+}
+
+/// Offsets of the tracepoint fields, from tracefs.
+#[inline(always)]
+pub fn fields() -> TracepointFields {
+    // SAFETY: see `offsets`.
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.fields) }
+}
+
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {
     count_drops(reason, 1);
@@ -88,8 +105,8 @@ pub fn count_drop(reason: DropReason) {
 #[inline(always)]
 pub fn count_drops(reason: DropReason, n: u64) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *counter += n };
+        // Atomic: a program on this CPU may be interrupted by another that counts too.
+        crate::kernel::atomic_add(counter, n);
     }
 }
 
@@ -144,4 +161,45 @@ pub fn fill_header(hdr: &mut Header, kind: EventKind) {
     hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
     hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Fills the header in a cgroup_skb program. Kernels that refuse the task helpers there
+/// (`rmm_common::feature::SKB_TASK_HELPERS` off) get the same fields read from the current
+/// task through the offsets from BTF. Returns false when the task could not be read.
+#[inline(always)]
+pub fn fill_header_skb(hdr: &mut Header, kind: EventKind) -> bool {
+    if has_feature(rmm_common::feature::SKB_TASK_HELPERS) {
+        fill_header(hdr, kind);
+        return true;
+    }
+    hdr.kind = kind as u32;
+    hdr._pad0 = 0;
+    // SAFETY: helper without arguments.
+    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.tid = 0;
+    hdr.tgid = 0;
+    hdr.uid = 0;
+    hdr.gid = 0;
+    hdr.cgroup_id = 0;
+    hdr.comm = [0; 16];
+    let off = offsets();
+    if off.valid == 0 {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    hdr.tid = read::<u32>(task, off.task_pid).unwrap_or(0);
+    hdr.tgid = read::<u32>(task, off.task_tgid).unwrap_or(0);
+    hdr.comm = read::<[u8; 16]>(task, off.task_comm).unwrap_or([0; 16]);
+    if let Some(cred) = read_ptr(task, off.task_cred) {
+        hdr.uid = read::<u32>(cred, off.cred_uid).unwrap_or(0);
+        hdr.gid = read::<u32>(cred, off.cred_gid).unwrap_or(0);
+    }
+    let cgroup = read_ptr(task, off.task_cgroups)
+        .and_then(|cset| read_ptr(cset, off.css_set_dfl_cgrp))
+        .and_then(|cgrp| read_ptr(cgrp, off.cgroup_kn));
+    if let Some(kn) = cgroup {
+        hdr.cgroup_id = read::<u64>(kn, off.kernfs_node_id).unwrap_or(0);
+    }
+    hdr.tgid != 0
 }

@@ -6,24 +6,29 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user_buf,
     },
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 use rmm_common::{
     ARGS_LEN, DropReason, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, exec_flags,
+    feature,
 };
 
 use crate::{
     kernel::{read, read_ptr},
-    maps::{PENDING_CONNECT, PROC_EVENTS, count_drop, fill_header, offsets, submit_flags},
+    maps::{
+        PENDING_CONNECT, PROC_EVENTS, count_drop, fields, fill_header, has_feature, offsets,
+        submit_flags,
+    },
     path::resolve_file_path,
 };
 
 /// `CLONE_THREAD` from `include/uapi/linux/sched.h`.
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// `sched/sched_process_exec`: reads `filename` (`__data_loc char[]` at offset 8); the rest
-/// comes from the current task (`real_parent->tgid`, `mm->arg_start..arg_end`, `mm->exe_file`).
+/// `sched/sched_process_exec`: reads `filename` (`__data_loc char[]`); the rest comes from the
+/// current task (`real_parent->tgid`, `mm->arg_start..arg_end`, `mm->exe_file`).
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let Some(mut entry) = PROC_EVENTS.reserve::<ExecEvent>(0) else {
@@ -48,8 +53,8 @@ fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
     ev.args_len = 0;
     ev.args_size = 0;
 
-    // SAFETY: offset 8 of the tracepoint record is the filename's __data_loc.
-    if let Ok(loc) = unsafe { ctx.read_at::<u32>(8) } {
+    // SAFETY: the offset of the filename's __data_loc, from the tracepoint's format file.
+    if let Ok(loc) = unsafe { ctx.read_at::<u32>(fields().exec_filename as usize) } {
         let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
         // SAFETY: the helper bounds the read by the destination length.
         match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) } {
@@ -111,14 +116,16 @@ fn read_args(ev: &mut ExecEvent, mm: u64, off: &rmm_common::KernelOffsets) {
     }
 }
 
-/// `task/task_newtask`: reads `pid` (offset 8) and `clone_flags` (offset 32); the parent is
-/// the current task. Threads (`CLONE_THREAD`) are skipped in the kernel.
+/// `task/task_newtask`: reads `pid` and `clone_flags`; the parent is the current task.
+/// Threads (`CLONE_THREAD`) are skipped in the kernel.
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let f = fields();
     // SAFETY: offsets from the tracepoint's format file.
-    let (Ok(child), Ok(clone_flags)) = (unsafe { ctx.read_at::<i32>(8) }, unsafe {
-        ctx.read_at::<u64>(32)
-    }) else {
+    let (Ok(child), Ok(clone_flags)) = (
+        unsafe { ctx.read_at::<i32>(f.newtask_pid as usize) },
+        unsafe { ctx.read_at::<u64>(f.newtask_clone_flags as usize) },
+    ) else {
         return 0;
     };
     if clone_flags & CLONE_THREAD != 0 {
@@ -137,16 +144,63 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched/sched_process_exit`: reads `group_dead` (offset 32); only the death of the whole
-/// thread group is reported.
+/// A thread group whose death was reported, where `sched_process_exit` has no `group_dead`:
+/// several of its threads may exit at once and each see `signal->live` at 0; the first to
+/// insert the key reports it. The key holds the `signal_struct` so that a reused pid is a new
+/// key; old keys are evicted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GroupKey {
+    signal: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+#[map]
+static GROUPS_DEAD: LruHashMap<GroupKey, u8> = LruHashMap::with_max_entries(1024, 0);
+
+/// `BPF_NOEXIST` from `include/uapi/linux/bpf.h`.
+const BPF_NOEXIST: u64 = 1;
+
+/// Whether the exiting thread is the end of its thread group: the tracepoint's `group_dead`
+/// where the kernel has it (Linux 6.16), else `signal->live == 0`, reported once per group.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext, pid_tgid: u64) -> bool {
+    if has_feature(feature::EXIT_GROUP_DEAD) {
+        // SAFETY: the offset from the tracepoint's format file.
+        return matches!(unsafe { ctx.read_at::<u8>(fields().exit_group_dead as usize) }, Ok(v) if v != 0);
+    }
+    let off = offsets();
+    let tgid = (pid_tgid >> 32) as u32;
+    if off.valid == 0 {
+        // No way to count the live threads: the group leader's exit stands for the group.
+        return tgid == pid_tgid as u32;
+    }
+    // SAFETY: helper without arguments.
+    let Some(signal) = read_ptr(unsafe { bpf_get_current_task() }, off.task_signal) else {
+        return false;
+    };
+    if read::<i32>(signal, off.signal_live) != Some(0) {
+        return false;
+    }
+    let key = GroupKey {
+        signal,
+        tgid,
+        _pad: 0,
+    };
+    GROUPS_DEAD.insert(&key, &1, BPF_NOEXIST).is_ok()
+}
+
+/// `sched/sched_process_exit`: reads `group_dead` where the kernel has it; only the death of
+/// the whole thread group is reported.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    // Every exiting thread drops its pending-connect entry (see `PENDING_CONNECT`).
-    let _ = PENDING_CONNECT.remove(&bpf_get_current_pid_tgid());
-    // SAFETY: offset from the tracepoint's format file.
-    match unsafe { ctx.read_at::<u8>(32) } {
-        Ok(0) | Err(_) => return 0,
-        Ok(_) => {}
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // An exiting thread drops its pending-connect entry, should one be left (see
+    // `PENDING_CONNECT`).
+    let _ = PENDING_CONNECT.remove(&pid_tgid);
+    if !group_dead(&ctx, pid_tgid) {
+        return 0;
     }
     let Some(mut entry) = PROC_EVENTS.reserve::<ExitEvent>(0) else {
         count_drop(DropReason::ExitReserve);

@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use rmm_common::{BATCH_MAGIC, BatchHeader, DropReason};
 
-use crate::maps::{NET_EVENTS, count_drops, settings_stage_bytes, submit_flags};
+use crate::{
+    kernel::atomic_add,
+    maps::{NET_EVENTS, count_drops, settings_stage_bytes, submit_flags},
+};
 
 /// A stage is flushed before a record would end past `SETTINGS.stage_bytes`, at most this
 /// many bytes (a power of two).
@@ -46,7 +49,8 @@ const fn drop_index(reason: DropReason) -> usize {
 
 #[repr(C)]
 pub struct Stage {
-    /// 1 while a program writes to or flushes the stage (see `take`).
+    /// Programs holding or trying the lock; 1 while one writes to or flushes the stage (see
+    /// `take`).
     busy: u64,
     /// Bytes used in `data` (the batch header included once a record is in).
     len: u32,
@@ -81,7 +85,7 @@ impl Slot {
         }
         let stage = STAGES.get_ptr_mut(0)?;
         // SAFETY: this CPU's stage.
-        if take(unsafe { &raw mut (*stage).busy }) != 0 {
+        if !take(unsafe { &raw mut (*stage).busy }) {
             return None;
         }
         // SAFETY: the stage is ours until `busy` is cleared.
@@ -131,30 +135,26 @@ impl Slot {
     }
 }
 
-/// Sets `*flag` to 1 and returns what it was, in one atomic instruction (BPF_XCHG): the
-/// Rust BPF target offers no compare-and-swap, so `core::sync::atomic` cannot.
+/// Takes the stage's lock: an atomic add of 1 (an atomic exchange would need Linux 5.12), then
+/// a look at the count. Only the one whose increment is alone in the count owns the stage; the others
+/// take theirs back. Every program that touches a stage runs on its CPU (a per-CPU value; the
+/// flush is run on that CPU), nested or preempted, and an increment is never lost.
 #[inline(always)]
-fn take(flag: *mut u64) -> u64 {
-    let mut v: u64 = 1;
-    // SAFETY: flag points into a map value (8-aligned); the instruction reads and writes those
-    // 8 bytes atomically and touches nothing else.
-    unsafe {
-        core::arch::asm!(
-            "{v} = xchg_64({p} + 0, {v})",
-            p = in(reg) flag,
-            v = inout(reg) v,
-            options(nostack),
-        );
+fn take(flag: *mut u64) -> bool {
+    atomic_add(flag, 1);
+    // SAFETY: flag points into a map value (8-aligned).
+    if unsafe { core::ptr::read_volatile(flag) } == 1 {
+        return true;
     }
-    v
+    atomic_add(flag, u64::MAX);
+    false
 }
 
-/// Clears a flag set by `take`, after the stores before it (a store on the same CPU is seen
-/// in order by a program that interrupts this one).
+/// Releases a lock taken by `take`, after the stores before it (the asm is a compiler barrier;
+/// on the CPU the stage belongs to, its own stores are seen in order).
 #[inline(always)]
 fn give(flag: *mut u64) {
-    // SAFETY: as in `take`.
-    unsafe { core::ptr::write_volatile(flag, 0) };
+    atomic_add(flag, u64::MAX);
 }
 
 #[inline(always)]
@@ -206,7 +206,7 @@ pub fn flush_stage(_ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: this CPU's stage.
     let busy = unsafe { &raw mut (*stage).busy };
-    if take(busy) != 0 {
+    if !take(busy) {
         return 1;
     }
     // SAFETY: the stage is ours until `busy` is cleared.

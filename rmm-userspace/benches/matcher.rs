@@ -133,6 +133,7 @@ fn mix(n: usize) -> Vec<Event> {
                             qcount: 1,
                         },
                         payload_truncated: false,
+                        flags: Vec::new(),
                     })
                 }
             }

@@ -212,7 +212,7 @@ impl Btf {
     }
 }
 
-/// Reads the offsets the exec probe needs.
+/// Reads the offsets the programs need (see `KernelOffsets`).
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
     let o = |s: &str, m: &str| btf.member_offset(s, m);
     Ok(KernelOffsets {
@@ -235,6 +235,17 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         mount_mnt_parent: o("mount", "mnt_parent")?,
         mount_mnt_mountpoint: o("mount", "mnt_mountpoint")?,
         vfsmount_mnt_root: o("vfsmount", "mnt_root")?,
+        task_pid: o("task_struct", "pid")?,
+        task_comm: o("task_struct", "comm")?,
+        task_cred: o("task_struct", "cred")?,
+        cred_uid: o("cred", "uid")?,
+        cred_gid: o("cred", "gid")?,
+        task_cgroups: o("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
+        cgroup_kn: o("cgroup", "kn")?,
+        kernfs_node_id: o("kernfs_node", "id")?,
+        task_signal: o("task_struct", "signal")?,
+        signal_live: o("signal_struct", "live")?,
     })
 }
 

@@ -168,6 +168,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         reloads_ok: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
         processes: AtomicU64::new(0),
+        kernel: loaded.report.clone(),
     });
     if let Some(addr) = &opts.metrics {
         let local = metrics::serve(addr, sources.clone()).await?;
@@ -226,17 +227,19 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         .await
         .map_err(|_| anyhow!("the processor stopped before reading /proc"))??;
 
+    let off = loaded.report.off();
     log::info!(
-        "ready: {} probes attached ({}); {} processes from /proc ({} unreadable), {} RMM processes already running{}",
+        "ready: {} probes attached ({}); {} processes from /proc ({} unreadable), {} RMM processes already running; kernel {}, {}",
         loaded.attached.len(),
         loaded.attached.join(", "),
         seed.processes,
         seed.unreadable,
         inventory,
-        if loaded.offsets_ok {
-            ""
+        loaded.report.kernel,
+        if off.is_empty() {
+            "every kernel feature on".to_string()
         } else {
-            "; exec paths and argv unavailable (no kernel offsets)"
+            format!("features off: {}", off.join("; "))
         }
     );
     let status = |snap: &Snapshot| {

@@ -82,6 +82,10 @@ pub struct Dns {
     #[serde(flatten)]
     pub query: DnsQuery,
     pub payload_truncated: bool,
+    /// `no_task`: the kernel could not say which process sent the query (the task fields
+    /// are zero).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
 }
 
 /// A DNS answer arriving at a socket. Only the header is decoded here; the answer records are
@@ -389,6 +393,11 @@ fn decode_dns(ev: &DnsEvent) -> Result<Dns, DecodeError> {
         sock_cookie: ev.sock_cookie,
         query,
         payload_truncated: ev.flags & dns_flags::TRUNCATED != 0,
+        flags: if ev.flags & dns_flags::NO_TASK != 0 {
+            vec!["no_task"]
+        } else {
+            Vec::new()
+        },
     })
 }
 

@@ -805,6 +805,7 @@ mod tests {
                 qcount: 1,
             },
             payload_truncated: false,
+            flags: Vec::new(),
         });
         let answer = Event::DnsAnswer(DnsAnswer {
             ts_ns: 2,

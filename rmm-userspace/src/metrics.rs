@@ -27,6 +27,7 @@ use tokio::{
 
 use crate::{
     detect::DetectStats,
+    features::Report,
     sinks::SinkSet,
     stats::{KernelDrops, Stats},
 };
@@ -40,6 +41,8 @@ pub struct Sources {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub processes: AtomicU64,
+    /// The kernel features the programs run with.
+    pub kernel: crate::features::Report,
 }
 
 impl fmt::Debug for Sources {
@@ -167,8 +170,23 @@ impl Collector for Sources {
             None,
             g.metric_type(),
         )?)?;
-        Ok(())
+        kernel_features(&mut e, &self.kernel)
     }
+}
+
+/// `rmm_kernel_feature{feature, kernel}`: 1 when on, 0 when off (the `ready` line says why).
+fn kernel_features(e: &mut DescriptorEncoder, report: &Report) -> Result<(), fmt::Error> {
+    let mut family = e.encode_descriptor(
+        "rmm_kernel_feature",
+        "Kernel features the probes use: 1 on, 0 off with a fallback (see the ready log line)",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for f in &report.features {
+        let labels = [("feature", f.name), ("kernel", report.kernel.as_str())];
+        ConstGauge::new(i64::from(f.on)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 pub fn render(sources: &Arc<Sources>) -> Result<String> {

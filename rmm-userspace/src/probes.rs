@@ -13,9 +13,13 @@ use aya::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
     },
 };
-use rmm_common::{KernelOffsets, Settings};
+use rmm_common::{KernelOffsets, Settings, TracepointFields, feature};
 
-use crate::btf;
+use crate::{
+    btf,
+    features::{Feature, KernelFeatures, Report, name},
+    tracefs,
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmm-ebpf"));
 
@@ -171,54 +175,161 @@ pub struct Loaded {
     /// What the probes are attached to (the programs the daemon only runs are not listed).
     pub attached: Vec<String>,
     pub offsets_ok: bool,
+    /// The kernel and what of it the programs use.
+    pub report: Report,
 }
 
-/// Checks privileges and tracefs, reads the kernel offsets, and loads the object (maps
-/// created, globals set; programs not yet verified). Returns whether offsets were found.
-pub fn load_object(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
-    load_object_staged(opts, opts.staging())
+/// Everything decided about this kernel before the object is loaded.
+pub struct Plan {
+    pub kernel: KernelFeatures,
+    offsets: Option<KernelOffsets>,
+    offsets_error: Option<String>,
+    fields: TracepointFields,
+    exit_group_dead: bool,
+    /// Staged network records, or why not.
+    pub staging: Result<(), String>,
 }
 
-/// `load_object`, with the per-CPU staging of network records on or off.
-fn load_object_staged(opts: &LoadOptions, staging: bool) -> Result<(Ebpf, bool)> {
-    if OBJECT.is_empty() {
-        bail!(
-            "this rmm-monitor binary was built without its eBPF object; build it with \
-             `cargo xtask build` (which installs bpf-linker and the BPF toolchain first)"
-        );
-    }
-    check_capabilities()?;
-    raise_memlock();
-    ensure_tracefs()?;
-
-    let offsets = match btf::Btf::from_file(btf::VMLINUX_BTF).and_then(|b| btf::kernel_offsets(&b))
-    {
-        Ok(o) => Some(o),
-        Err(e) => {
-            log::warn!(
-                "kernel struct offsets unavailable ({e:#}): exec events will lack the resolved path, argv and ppid"
+impl Plan {
+    /// Checks privileges and tracefs, probes the kernel, and reads the struct offsets (BTF)
+    /// and the tracepoint layouts (tracefs).
+    pub fn new(opts: &LoadOptions) -> Result<Plan> {
+        if OBJECT.is_empty() {
+            bail!(
+                "this rmm-monitor binary was built without its eBPF object; build it with \
+                 `cargo xtask build` (which installs bpf-linker and the BPF toolchain first)"
             );
-            None
         }
-    };
-    let offsets_ok = offsets.is_some();
-    let offsets = offsets.unwrap_or(KernelOffsets::zeroed());
-    let net_ring = check_ring_size(opts.net_ring_bytes)?;
-    let settings = Settings {
-        wakeup_bytes: opts.wakeup_bytes,
-        // A stage is sent to the network ring as one entry: an eighth of the ring at most, so
-        // that a small ring takes several (the kernel caps it at 8 KiB).
-        stage_bytes: if staging { u64::from(net_ring / 8) } else { 0 },
-    };
+        check_capabilities()?;
+        raise_memlock();
+        ensure_tracefs()?;
+        let kernel = KernelFeatures::probe()?;
+        let (offsets, offsets_error) = match btf::Btf::from_file(btf::VMLINUX_BTF)
+            .and_then(|b| btf::kernel_offsets(&b))
+        {
+            Ok(o) => (Some(o), None),
+            Err(e) => {
+                log::warn!(
+                    "kernel struct offsets unavailable ({e:#}): exec events will lack the resolved path, argv and ppid"
+                );
+                (None, Some(format!("{e:#}")))
+            }
+        };
+        let (fields, exit_group_dead) =
+            tracefs::tracepoint_fields().context("reading the tracepoint formats")?;
+        let staging = if opts.staging() {
+            Ok(())
+        } else {
+            Err("--wakeup-bytes 0 asks for a wakeup on every record".into())
+        };
+        Ok(Plan {
+            kernel,
+            offsets,
+            offsets_error,
+            fields,
+            exit_group_dead,
+            staging,
+        })
+    }
 
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
-        .map_max_entries(NET_RING, net_ring)
-        .override_global("OFFSETS", &offsets, true)
-        .override_global("SETTINGS", &settings, true)
-        .load(OBJECT)
-        .map_err(|e| permission_hint(anyhow::Error::new(e).context("loading the eBPF object")))?;
-    Ok((ebpf, offsets_ok))
+    pub fn offsets_ok(&self) -> bool {
+        self.offsets.is_some()
+    }
+
+    /// Whether the daemon loads program `name` on this kernel.
+    pub fn wants(&self, name: &str) -> bool {
+        name != FLUSH_PROGRAM || self.staging.is_ok()
+    }
+
+    fn features(&self) -> u32 {
+        let mut f = 0;
+        if self.kernel.coarse_clock {
+            f |= feature::COARSE_CLOCK;
+        }
+        if self.kernel.skb_task_helpers {
+            f |= feature::SKB_TASK_HELPERS;
+        }
+        if self.exit_group_dead {
+            f |= feature::EXIT_GROUP_DEAD;
+        }
+        f
+    }
+
+    /// The kernel and the features, on or off, with what each absence costs.
+    pub fn report(&self) -> Report {
+        let feature = |name, on: bool, detail: &str| Feature {
+            name,
+            on,
+            detail: if on { String::new() } else { detail.into() },
+        };
+        let no_offsets = format!(
+            "no struct offsets from BTF ({}): exec events lack path, argv and ppid",
+            self.offsets_error.as_deref().unwrap_or("")
+        );
+        Report {
+            kernel: self.kernel.release.clone(),
+            features: vec![
+                feature(name::OFFSETS, self.offsets.is_some(), &no_offsets),
+                feature(
+                    name::EXIT_GROUP_DEAD,
+                    self.exit_group_dead,
+                    if self.offsets.is_some() {
+                        "sched_process_exit has no group_dead (Linux < 6.16): a process ends when signal->live reaches 0"
+                    } else {
+                        "sched_process_exit has no group_dead and there are no offsets: the group leader's exit ends a process"
+                    },
+                ),
+                feature(
+                    name::SKB_TASK_HELPERS,
+                    self.kernel.skb_task_helpers,
+                    if self.offsets.is_some() {
+                        "cgroup_skb programs cannot call the task helpers here: a DNS query's sender is read from the current task"
+                    } else {
+                        "cgroup_skb programs cannot call the task helpers and there are no offsets: DNS queries carry no process (flag no_task)"
+                    },
+                ),
+                feature(
+                    name::COARSE_CLOCK,
+                    self.kernel.coarse_clock,
+                    "no coarse clock in cgroup programs (Linux < 5.11): the precise clock is read instead",
+                ),
+                feature(
+                    name::STAGING,
+                    self.staging.is_ok(),
+                    &format!(
+                        "{}: one ring entry per network record",
+                        self.staging.as_ref().err().map_or("", String::as_str)
+                    ),
+                ),
+            ],
+        }
+    }
+
+    /// Loads the object (maps created, globals set; programs not yet verified).
+    pub fn load(&self, opts: &LoadOptions) -> Result<Ebpf> {
+        let net_ring = check_ring_size(opts.net_ring_bytes)?;
+        let settings = Settings {
+            wakeup_bytes: opts.wakeup_bytes,
+            // A stage is sent to the network ring as one entry: an eighth of the ring at
+            // most, so that a small ring takes several (the kernel caps it at 8 KiB).
+            stage_bytes: if self.staging.is_ok() {
+                u64::from(net_ring / 8)
+            } else {
+                0
+            },
+            features: self.features(),
+            fields: self.fields,
+            _pad: 0,
+        };
+        let offsets = self.offsets.unwrap_or(KernelOffsets::zeroed());
+        EbpfLoader::new()
+            .map_max_entries(PROC_RING, check_ring_size(opts.proc_ring_bytes)?)
+            .map_max_entries(NET_RING, net_ring)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("SETTINGS", &settings, true)
+            .load(OBJECT)
+            .map_err(|e| permission_hint(anyhow::Error::new(e).context("loading the eBPF object")))
+    }
 }
 
 /// Where a program attaches.
@@ -304,22 +415,27 @@ impl Hook {
 }
 
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
-    let (mut ebpf, offsets_ok) = load_object(opts)?;
+    let mut plan = Plan::new(opts)?;
+    let mut ebpf = plan.load(opts)?;
     // Staged network records need the daemon to run the flush program on each CPU: if this
     // kernel cannot (BPF_F_TEST_RUN_ON_CPU is Linux >= 5.10), load again without staging.
-    let mut staging = opts.staging();
-    if staging && let Err(e) = check_flush(&mut ebpf) {
+    if plan.staging.is_ok()
+        && let Err(e) = check_flush(&mut ebpf)
+    {
         log::warn!(
             "network records are not staged per CPU ({e:#}): one ring entry per record instead"
         );
-        staging = false;
-        ebpf = load_object_staged(opts, false)?.0;
+        plan.staging = Err(format!("running the flush program on a CPU failed ({e:#})"));
+        ebpf = plan.load(opts)?;
     }
     let cgroup_root = cgroup2_root()?;
     let cgroup = fs::File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
     let mut attached = Vec::new();
     for &(prog, hook) in PROBES {
+        if !plan.wants(prog) {
+            continue;
+        }
         let what = hook.describe(&cgroup_root);
         let program = ebpf
             .program_mut(prog)
@@ -364,10 +480,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     }
 
     Ok(Loaded {
+        staging: plan.staging.is_ok(),
         ebpf,
         attached,
-        offsets_ok,
-        staging,
+        offsets_ok: plan.offsets_ok(),
+        report: plan.report(),
     })
 }
 

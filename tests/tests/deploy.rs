@@ -20,7 +20,7 @@
 //! The Python tools come from PyPI: kubernetes-validate, checkov and helm-python-sdk (see
 //! [`PIP_PACKAGES`]). They are looked up in `$RMM_DEPLOY_TOOLS/bin`, then in the virtualenv
 //! `target/deploy-tools/bin`, then on PATH; a missing one fails the test naming its package.
-//! Debian packages: busybox and shellcheck (reloader), systemd (journald, journalctl,
+//! Debian packages: busybox-static and shellcheck (reloader), systemd (journald, journalctl,
 //! systemd-analyze), util-linux (setpriv, unshare).
 
 mod deploy {

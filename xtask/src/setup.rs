@@ -47,8 +47,8 @@ const PACKAGES: &[(&str, &str)] = &[
         "the OCI runtime podman uses here (crun refuses this hybrid cgroup layout)",
     ),
     (
-        "busybox",
-        "the shell of the Kubernetes reloader sidecar, run by the deploy tests",
+        "busybox-static",
+        "the shell of the Kubernetes reloader sidecar (deploy tests) and the init of the kernel matrix's guests (virtme-ng wants it static)",
     ),
     (
         "shellcheck",

@@ -6,7 +6,7 @@
 //! the host's); under dash and under busybox's sh (the chart's default reloader image is
 //! busybox).
 
-/// busybox (the Debian package busybox), whose `sh` stands in for the reloader image's.
+/// busybox (the Debian package busybox-static), whose `sh` stands in for the reloader image's.
 const BUSYBOX: &str = "/bin/busybox";
 
 use std::{
@@ -263,7 +263,7 @@ fn reloader_signals_only_the_daemon_of_its_pod() {
     let _root = root_lock();
     assert!(
         Path::new(BUSYBOX).is_file(),
-        "{BUSYBOX} is missing: install the Debian package busybox"
+        "{BUSYBOX} is missing: install the Debian package busybox-static"
     );
     round(true, "/bin/sh");
     round(false, "/bin/sh");
