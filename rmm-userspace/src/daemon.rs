@@ -227,6 +227,12 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         .await
         .map_err(|_| anyhow!("the processor stopped before reading /proc"))??;
 
+    // Handlers before the ready line and READY=1: a stop sent the moment we say we are ready
+    // (systemd, a test) must drain and exit cleanly, not meet the default action and die.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
     let off = loaded.report.off();
     log::info!(
         "ready: {} probes attached ({}); {} processes from /proc ({} unreadable), {} RMM processes already running; kernel {}, {}",
@@ -262,9 +268,6 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             (d / 2).max(Duration::from_millis(10))
         }));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut tick = tokio::time::interval(opts.stats_interval);
     tick.tick().await;
     let mut last = stats.snapshot(&drops);
