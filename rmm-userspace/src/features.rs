@@ -81,7 +81,8 @@ fn helper(prog: ProgramType, helper: BpfHelper) -> bool {
     match is_helper_supported(prog, helper) {
         Ok(v) => v,
         Err(e) => {
-            log::debug!("probing {helper:?} for {prog:?}: {e}; taken as missing");
+            let e = anyhow::Error::new(e);
+            log::debug!("probing {helper:?} for {prog:?}: {e:#}; taken as missing");
             false
         }
     }
@@ -98,7 +99,12 @@ impl KernelFeatures {
             Ok(false) => bail!(
                 "this kernel ({release}) has no BPF ring buffer (Linux 5.8 or a backport is needed)"
             ),
-            Err(e) => bail!("probing the BPF ring buffer on {release}: {e}"),
+            // The cause (EPERM from a seccomp profile, a missing capability) is in the source
+            // chain: keep it, the one line must say why.
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("probing the BPF ring buffer on {release}")));
+            }
         }
         let skb_task_helpers = [
             BpfHelper::BPF_FUNC_get_current_pid_tgid,
