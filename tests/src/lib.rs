@@ -314,7 +314,7 @@ pub fn run_bounded<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> HelperRun {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+    let out = match rx.recv_timeout(monitor::scaled(Duration::from_secs(60))) {
         Ok(out) => out.unwrap_or_else(|e| panic!("waiting for {}: {e}", program.display())),
         Err(_) => {
             // SAFETY: kill(2); the child is not reaped until wait_with_output returns.

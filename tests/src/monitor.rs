@@ -12,12 +12,30 @@ use std::{
 
 use serde_json::Value;
 
+/// A bound on a wait, times `RMM_TEST_TIMEOUT_SCALE` (default 1): the kernel matrix runs the
+/// tests in emulated machines (qemu TCG), about ten times slower than this one. A bound, never
+/// a measurement: nothing asserts that a wait was short.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var("RMM_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .clamp(1, 100);
+    d * scale
+}
+
 /// How long the daemon may take to attach every probe.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub fn ready_timeout() -> Duration {
+    scaled(Duration::from_secs(60))
+}
 /// How long an event may take to show up after the action that causes it.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub fn event_timeout() -> Duration {
+    scaled(Duration::from_secs(10))
+}
 /// How long the daemon may take to drain and exit after SIGTERM.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub fn stop_timeout() -> Duration {
+    scaled(Duration::from_secs(30))
+}
 
 /// One daemon at a time per test binary, whatever `--test-threads` says: two daemons would
 /// each see the other's test traffic, and the drop counters are per daemon.
@@ -150,16 +168,25 @@ fn broken_pipe() -> Stdio {
 impl Monitor {
     /// Starts `rmm-monitor run --events json EXTRA..` and waits until it says `ready`.
     pub fn start(extra: &[&str]) -> Monitor {
-        Monitor::start_with(extra, false)
+        Monitor::start_with(extra, false, None)
+    }
+
+    /// Like [`Monitor::start`], with `$NOTIFY_SOCKET` set to `socket` (sd_notify).
+    pub fn start_notifying(extra: &[&str], socket: &std::path::Path) -> Monitor {
+        Monitor::start_with(extra, false, Some(socket))
     }
 
     /// Like [`Monitor::start`], but stdout is a pipe whose read end is already closed: every
     /// write of the daemon fails with EPIPE.
     pub fn start_with_broken_stdout(extra: &[&str]) -> Monitor {
-        Monitor::start_with(extra, true)
+        Monitor::start_with(extra, true, None)
     }
 
-    fn start_with(extra: &[&str], broken_stdout: bool) -> Monitor {
+    fn start_with(
+        extra: &[&str],
+        broken_stdout: bool,
+        notify: Option<&std::path::Path>,
+    ) -> Monitor {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let bin = crate::monitor_bin();
         let stdout_cfg = if broken_stdout {
@@ -167,11 +194,15 @@ impl Monitor {
         } else {
             Stdio::piped()
         };
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        match notify {
+            Some(socket) => cmd.env("NOTIFY_SOCKET", socket),
+            None => cmd.env_remove("NOTIFY_SOCKET"),
+        };
+        let mut child = cmd
             .args(["run", "--events", "json"])
             .args(extra)
             .env("RMM_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(stdout_cfg)
             .stderr(Stdio::piped())
@@ -209,7 +240,7 @@ impl Monitor {
             _serial: serial,
         };
         let started = Instant::now();
-        let ready = m.stderr.wait(started + READY_TIMEOUT, |lines| {
+        let ready = m.stderr.wait(started + ready_timeout(), |lines| {
             lines
                 .iter()
                 .any(|l| message(l).starts_with("ready"))
@@ -252,7 +283,7 @@ impl Monitor {
     /// Waits for a stderr line whose message matches `pred`; fails the test otherwise.
     pub fn wait_for_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let started = Instant::now();
-        let found = self.stderr.wait(started + EVENT_TIMEOUT, |lines| {
+        let found = self.stderr.wait(started + event_timeout(), |lines| {
             lines.iter().find(|l| pred(message(l))).cloned()
         });
         found.unwrap_or_else(|closed| {
@@ -290,7 +321,7 @@ impl Monitor {
     /// Waits until `n` events match `pred` and returns the first `n`, in output order.
     pub fn wait_for_n(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let started = Instant::now();
-        let found = self.stdout.wait(started + EVENT_TIMEOUT, |lines| {
+        let found = self.stdout.wait(started + event_timeout(), |lines| {
             let hits: Vec<Value> = lines
                 .iter()
                 .filter_map(|l| match l {
@@ -345,7 +376,7 @@ impl Monitor {
             "kill({pid}, {signal}): {}",
             std::io::Error::last_os_error()
         );
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + stop_timeout();
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break s,
@@ -356,8 +387,9 @@ impl Monitor {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     panic!(
-                        "rmm-monitor did not exit within {STOP_TIMEOUT:?} of signal {signal}; \
+                        "rmm-monitor did not exit within {:?} of signal {signal}; \
                          stderr:\n{}",
+                        stop_timeout(),
                         self.stderr.snapshot().join("\n")
                     );
                 }

@@ -31,7 +31,7 @@ use std::{
 
 use rmm_tests::{
     TempDir, Value,
-    monitor::{EVENT_TIMEOUT, READY_TIMEOUT, STOP_TIMEOUT},
+    monitor::{event_timeout, ready_timeout, stop_timeout},
     nonce,
     responder::Responder,
 };
@@ -400,7 +400,7 @@ impl<'a> MonitorContainer<'a> {
     fn start(podman: &'a Podman) -> MonitorContainer<'a> {
         let m = MonitorContainer::spawn(podman, path_str(&seccomp_profile()));
         let started = Instant::now();
-        let ready = m.stderr.wait(READY_TIMEOUT, |lines| {
+        let ready = m.stderr.wait(ready_timeout(), |lines| {
             lines
                 .iter()
                 .any(|l| message(l).starts_with("ready"))
@@ -448,7 +448,7 @@ impl<'a> MonitorContainer<'a> {
                 return a.clone();
             }
             let exited = self.stderr.state.lock().expect("lock").1;
-            if exited || started.elapsed() > EVENT_TIMEOUT {
+            if exited || started.elapsed() > event_timeout() {
                 let lines: Vec<String> = all.iter().map(Value::to_string).collect();
                 panic!(
                     "no alert {what} after {:?}{}; the {} alerts:\n{}\nmonitor stderr:\n{}\n\
@@ -471,17 +471,18 @@ impl<'a> MonitorContainer<'a> {
         self.podman.ok(&[
             "stop",
             "--time",
-            &STOP_TIMEOUT.as_secs().to_string(),
+            &stop_timeout().as_secs().to_string(),
             &self.name,
         ]);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + stop_timeout();
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("waiting for podman run") {
                 break s;
             }
             assert!(
                 Instant::now() < deadline,
-                "podman run did not return within {STOP_TIMEOUT:?} of podman stop"
+                "podman run did not return within {:?} of podman stop",
+                stop_timeout()
             );
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -665,7 +666,7 @@ fn default_seccomp_profile_refuses_bpf_without_cap_sys_admin() {
         default.display()
     );
     let m = MonitorContainer::spawn(&podman, path_str(default));
-    let failed = m.stderr.wait(READY_TIMEOUT, |lines| {
+    let failed = m.stderr.wait(ready_timeout(), |lines| {
         lines
             .iter()
             .find(|l| message(l).starts_with("ready") || l.contains("ERROR"))

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rmm_tests::{HelperRun, Monitor, Stopped, TempDir, Value, monitor::EVENT_TIMEOUT, text};
+use rmm_tests::{HelperRun, Monitor, Stopped, TempDir, Value, monitor::event_timeout, text};
 
 pub use rmm_tests::root_or_skip;
 
@@ -119,7 +119,7 @@ pub fn wait_alerts_in(
         if hits.len() == n {
             return hits;
         }
-        if started.elapsed() > EVENT_TIMEOUT {
+        if started.elapsed() > event_timeout() {
             let lines: Vec<String> = all.iter().map(Value::to_string).collect();
             panic!(
                 "waited {:?} for {n} alert(s) {what}, saw {}; the {} alerts in {}:\n{}",

@@ -264,7 +264,7 @@ fn real_vnc_server_alerts_on_exec_and_connect() {
     let started = Instant::now();
     while TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < rmm_tests::monitor::scaled(Duration::from_secs(15)),
             "Xtigervnc never listened on {to}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -293,10 +293,12 @@ fn running_tools_are_reported_by_inventory_and_scan() {
     let dir = Daemon::dir("inventory");
     let rustdesk = plant("/bin/sleep", dir.path(), "rustdesk");
     let exe = path_str(&rustdesk).to_owned();
-    // Started before the daemon: only the /proc walk at start-up can see it.
+    // Started before the daemon: only the /proc walk at start-up can see it. It sleeps an hour
+    // (killed when the test ends): the scan and start-up below take minutes on an emulated
+    // kernel of the matrix, and a copy that exited early would be a zombie without exe or args.
     let running = Running(
         Command::new(&rustdesk)
-            .arg("30")
+            .arg("3600")
             .spawn()
             .unwrap_or_else(|e| panic!("starting {exe}: {e}")),
     );
@@ -308,7 +310,10 @@ fn running_tools_are_reported_by_inventory_and_scan() {
         .as_deref()
         != Some(&rustdesk)
     {
-        assert!(started.elapsed() < Duration::from_secs(10), "never exec'd");
+        assert!(
+            started.elapsed() < rmm_tests::monitor::scaled(Duration::from_secs(10)),
+            "never exec'd"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let rules_dir = dir.path().join("rules.d");
@@ -341,7 +346,11 @@ fn running_tools_are_reported_by_inventory_and_scan() {
         &exe,
         Some((std::process::id(), &own_exe())),
     );
-    assert_eq!(strs(&a["process"]["args"]), vec![exe.as_str(), "30"], "{a}");
+    assert_eq!(
+        strs(&a["process"]["args"]),
+        vec![exe.as_str(), "3600"],
+        "{a}"
+    );
 
     // The daemon's start-up inventory.
     let d = Daemon::start_in(dir, &[]);
@@ -355,7 +364,11 @@ fn running_tools_are_reported_by_inventory_and_scan() {
         &exe,
         Some((std::process::id(), &own_exe())),
     );
-    assert_eq!(strs(&a["process"]["args"]), vec![exe.as_str(), "30"], "{a}");
+    assert_eq!(
+        strs(&a["process"]["args"]),
+        vec![exe.as_str(), "3600"],
+        "{a}"
+    );
     assert_eq!(
         a["rmm"]["ancestors"][0]["pid"],
         std::process::id(),

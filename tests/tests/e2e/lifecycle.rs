@@ -95,6 +95,48 @@ fn sigterm_gives_exit_0_and_final_stats() {
     stop_cleanly(libc::SIGTERM, "SIGTERM");
 }
 
+/// What the daemon tells its service manager, and the kernel it says it runs on: on every
+/// kernel of the matrix, READY=1 comes once every probe is attached, and the ready line names
+/// this kernel and its features.
+#[test]
+fn ready_is_sent_to_the_service_manager_and_names_the_kernel() {
+    root_or_skip!("ready_is_sent_to_the_service_manager_and_names_the_kernel");
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path)
+        .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+    sock.set_read_timeout(Some(rmm_tests::monitor::ready_timeout()))
+        .expect("socket timeout");
+    let m = Monitor::start_notifying(&[], &path);
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !said.iter().any(|l: &String| l == "READY=1") {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 on {} ({e}); got {said:?}", path.display()));
+        said.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    assert!(
+        said.iter().any(|l| l.starts_with("STATUS=monitoring")),
+        "a status with the ready notification: {said:?}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let ready = m.wait_for_log("ready", |l| l.starts_with("ready: "));
+    assert!(
+        ready.contains(&format!("kernel {}", release.trim())),
+        "the ready line names the kernel: {ready}"
+    );
+    assert!(
+        ready.contains("every kernel feature on") || ready.contains("features off: "),
+        "the ready line says which kernel features are off: {ready}"
+    );
+    m.stop().assert_clean();
+}
+
 #[test]
 fn sigint_gives_exit_0_and_final_stats() {
     root_or_skip!("sigint_gives_exit_0_and_final_stats");
@@ -293,9 +335,10 @@ fn check_full_rings(wakeup_bytes: &str) {
     let alive = (0..5).any(|_| {
         let probe = helper(&["udp-connect", "127.0.0.1", "9"]);
         let pid = u64::from(probe.pid);
-        m.try_wait_for(std::time::Duration::from_secs(3), |e| {
-            e["event"] == "connect" && num(e, "pid") == pid
-        })
+        m.try_wait_for(
+            rmm_tests::monitor::scaled(std::time::Duration::from_secs(3)),
+            |e| e["event"] == "connect" && num(e, "pid") == pid,
+        )
         .is_some()
     });
     let printed_before_stop = m.events().len();
