@@ -5,6 +5,7 @@
 
 mod bench;
 mod image;
+mod matrix;
 mod package;
 mod setup;
 
@@ -36,8 +37,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, build, then the whole suite: fmt, clippy, unit tests and the root end-to-end
-    /// tests against this kernel.
+    /// tests against this kernel, then the kernel matrix (Debian's 5.10, 6.1 and 6.12 under
+    /// qemu).
     Test,
+    /// Set up, build, then only the kernel matrix: the verifier and core end-to-end tests
+    /// inside Debian's 5.10, 6.1 and 6.12 kernels (qemu TCG, virtme-ng) and on this kernel.
+    Matrix(matrix::MatrixArgs),
     /// Set up, build the release daemon and the Debian package (target/debian/*.deb).
     Package,
     /// Set up, build the release daemon and import it as the OCI image localhost/rmm-monitor:dev
@@ -167,7 +172,7 @@ fn test() -> Result<()> {
     let deb = package::package()?;
     let image = image::image()?;
     println!("xtask: cargo test (unit and end-to-end, real kernel)");
-    run_cmd(
+    let host = run_cmd(
         Command::new(cargo())
             .current_dir(&root)
             .args([
@@ -184,7 +189,17 @@ fn test() -> Result<()> {
             .env("RMM_DEB", &deb)
             .env("RMM_IMAGE", &image)
             .env("RMM_DEPLOY_TOOLS", setup::deploy_tools_dir()),
-    )
+    );
+    // The matrix runs whatever the host suite said, so that one run shows both.
+    let matrix = run_matrix(&object, &daemon, &matrix::MatrixArgs::default());
+    host.and(matrix)
+}
+
+/// The kernel matrix over the test binaries built with this object and daemon.
+fn run_matrix(object: &Path, daemon: &Path, args: &matrix::MatrixArgs) -> Result<()> {
+    let envs = [("RMM_EBPF_OBJECT", object), ("RMM_MONITOR_BIN", daemon)];
+    let bins = matrix::test_binaries(&envs)?;
+    matrix::run(&bins, &envs, args)
 }
 
 fn main() -> Result<()> {
@@ -213,6 +228,12 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::ensure_all()?;
             test()
+        }
+        Task::Matrix(args) => {
+            setup::ensure_all()?;
+            let object = build_ebpf()?;
+            let daemon = build_daemon(false)?;
+            run_matrix(&object, &daemon, &args)
         }
         Task::Package => {
             setup::ensure_all()?;

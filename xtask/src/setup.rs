@@ -59,8 +59,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "the benchmark's floor: an in-kernel counter on the same tracepoints",
     ),
     (
+        "qemu-system-x86",
+        "boots Debian's kernels for the kernel matrix (TCG: KVM hangs on this machine kind)",
+    ),
+    (
+        "kmod",
+        "depmod, which virtme-ng runs on the matrix kernels' modules",
+    ),
+    (
         "python3-venv",
-        "the virtualenv that holds the Kubernetes validation tools",
+        "the virtualenvs of the Kubernetes validation tools and of virtme-ng (kernel matrix)",
     ),
 ];
 
