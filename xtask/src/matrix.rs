@@ -476,9 +476,29 @@ fn run_bounded(cmd: &mut Command, log: &Path, deadline: Duration) -> Result<bool
     }
 }
 
-/// Collects what the binaries reported into a column; an expected test without a verdict is
-/// `NotRun`.
-fn collect(kernel: String, label: String, results: &Path, seconds: u64, all: bool) -> Column {
+/// An empty results directory `results/NAME` and the script for it, executable.
+fn fresh_results(
+    name: &str,
+    bins: &Binaries,
+    envs: &[(&str, &Path)],
+    all: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let results = matrix_dir().join("results").join(name);
+    let _ = fs::remove_dir_all(&results);
+    fs::create_dir_all(&results)?;
+    let script = results.join("run.sh");
+    fs::write(&script, guest_script(bins, envs, &results, all))?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    Ok((results, script))
+}
+
+/// Collects what the binaries reported into a column, named by the release the script wrote
+/// (else `fallback`); an expected test without a verdict is `NotRun`.
+fn collect(fallback: String, label: String, results: &Path, seconds: u64, all: bool) -> Column {
+    let kernel = fs::read_to_string(results.join("release"))
+        .map(|r| r.trim().to_string())
+        .unwrap_or(fallback);
     let mut col = Column {
         kernel,
         label,
@@ -521,15 +541,7 @@ fn run_guest(
         .and_then(|n| n.to_str())
         .unwrap_or("kernel")
         .to_string();
-    let results = matrix_dir().join("results").join(&name);
-    let _ = fs::remove_dir_all(&results);
-    fs::create_dir_all(&results)?;
-    let script = results.join("run.sh");
-    fs::write(&script, guest_script(bins, envs, &results, all))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-    }
+    let (results, script) = fresh_results(&name, bins, envs, all)?;
     println!(
         "xtask: matrix: booting {name} ({}) under qemu TCG and running the tests",
         k.distro
@@ -569,19 +581,12 @@ fn run_guest(
             results.join("console.log").display()
         );
     }
-    let release = fs::read_to_string(results.join("release"))
-        .map(|r| r.trim().to_string())
-        .unwrap_or(name);
-    Ok(collect(release, k.distro.into(), &results, seconds, all))
+    Ok(collect(name, k.distro.into(), &results, seconds, all))
 }
 
 /// The same list on the host kernel, natively.
 fn run_host(bins: &Binaries, envs: &[(&str, &Path)], all: bool) -> Result<Column> {
-    let results = matrix_dir().join("results/host");
-    let _ = fs::remove_dir_all(&results);
-    fs::create_dir_all(&results)?;
-    let script = results.join("run.sh");
-    fs::write(&script, guest_script(bins, envs, &results, all))?;
+    let (results, script) = fresh_results("host", bins, envs, all)?;
     println!("xtask: matrix: the same tests on this machine's kernel");
     let started = Instant::now();
     run_bounded(
@@ -589,11 +594,8 @@ fn run_host(bins: &Binaries, envs: &[(&str, &Path)], all: bool) -> Result<Column
         &results.join("console.log"),
         GUEST_DEADLINE,
     )?;
-    let release = fs::read_to_string(results.join("release"))
-        .map(|r| r.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
     Ok(collect(
-        release,
+        "host".into(),
         "this machine".into(),
         &results,
         started.elapsed().as_secs(),
