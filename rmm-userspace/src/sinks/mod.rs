@@ -49,6 +49,9 @@ pub struct SinkCounters {
     pub reconnects: AtomicU64,
     /// Set at shutdown: a sink that is down stops retrying.
     closing: AtomicBool,
+    /// Set by SIGHUP: reopen before the next delivery. A flag, not only a queued message, so
+    /// that a reopen asked for while the queue is full is not lost with the message.
+    reopen: AtomicBool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -126,9 +129,12 @@ impl SinkSet {
         }
     }
 
-    /// Asks every sink to reopen its file or reconnect (SIGHUP).
+    /// Asks every sink to reopen its file or reconnect (SIGHUP). The message only wakes an idle
+    /// worker: when the queue is full the worker is busy and sees the flag before its next
+    /// delivery.
     pub fn reopen(&self) {
         for s in &self.sinks {
+            s.counters.reopen.store(true, Relaxed);
             let _ = s.tx.try_send(Msg::Reopen);
         }
     }
@@ -204,13 +210,13 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
             }
             Err(TryRecvError::Disconnected) => break,
         };
+        if c.reopen.swap(false, Relaxed) {
+            let _ = sink.flush();
+            connected = reconnect(&mut *sink, &name, &c);
+        }
         let (alert, queued) = match msg {
             Msg::Alert(a, t) => (a, t),
-            Msg::Reopen => {
-                let _ = sink.flush();
-                connected = reconnect(&mut *sink, &name, &c);
-                continue;
-            }
+            Msg::Reopen => continue,
         };
         // Deliver this alert, reconnecting with back-off until it goes through or the
         // daemon stops (the queue behind it fills up meanwhile and drops are counted).
@@ -273,5 +279,117 @@ fn reconnect(sink: &mut dyn Deliver, name: &str, c: &SinkCounters) -> bool {
             c.errors.fetch_add(1, Relaxed);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, mpsc};
+
+    use super::*;
+    use crate::{
+        alert::{
+            Action, EventFields, Host, ProcessFields, RmmFields, RuleFields, Technique, Threat,
+            UserRef,
+        },
+        matcher::Indicator,
+    };
+
+    fn alert(n: u32) -> Alert {
+        Alert {
+            timestamp: "2026-12-07T00:00:00Z".into(),
+            event: EventFields {
+                kind: "alert",
+                category: vec!["process"],
+                action: Action::Exec,
+                severity: 47,
+                outcome: None,
+            },
+            rule: RuleFields {
+                id: "rmm.test.binary".into(),
+                name: "test".into(),
+            },
+            rmm: RmmFields {
+                tool: "test".into(),
+                tool_name: "Test".into(),
+                indicator: Indicator::Binary,
+                matched: "test".into(),
+                context: vec![],
+                severity: "medium",
+                count: 1,
+                ancestors: vec![],
+                references: vec![],
+            },
+            threat: Threat {
+                framework: "MITRE ATT&CK",
+                technique: Technique {
+                    id: "T1219".into(),
+                    name: "Remote Access Tools",
+                },
+            },
+            process: ProcessFields {
+                pid: n,
+                name: "test".into(),
+                executable: "/usr/bin/test".into(),
+                args: vec![],
+                user: UserRef { id: 0 },
+                parent: None,
+            },
+            destination: None,
+            dns: None,
+            container: None,
+            orchestrator: None,
+            host: Host {
+                hostname: "h".into(),
+            },
+        }
+    }
+
+    /// Records what the worker asks of it; every delivery waits for a permit, so a test can
+    /// hold the worker busy while the queue fills.
+    struct Gated {
+        permits: Mutex<mpsc::Receiver<()>>,
+        log: mpsc::Sender<String>,
+    }
+
+    impl Deliver for Gated {
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+        fn connect(&mut self) -> Result<()> {
+            let _ = self.log.send("connect".into());
+            Ok(())
+        }
+        fn send(&mut self, a: &Alert) -> Result<()> {
+            let _ = self.permits.lock().unwrap().recv();
+            let _ = self.log.send(format!("alert {}", a.process.pid));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reopen_asked_for_while_the_queue_is_full_is_carried_out() {
+        let (permit, permits) = mpsc::channel();
+        let (log, events) = mpsc::channel();
+        let sink = Gated {
+            permits: Mutex::new(permits),
+            log,
+        };
+        let set = SinkSet::start(vec![Box::new(sink)], 2).unwrap();
+        let next = || events.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(next(), "connect");
+        set.dispatch(alert(1));
+        // The worker holds alert 1 (blocked on its permit); 2 and 3 fill the queue.
+        std::thread::sleep(Duration::from_millis(100));
+        set.dispatch(alert(2));
+        set.dispatch(alert(3));
+        set.reopen();
+        for _ in 0..3 {
+            permit.send(()).unwrap();
+        }
+        let seen: Vec<String> = (0..4).map(|_| next()).collect();
+        assert_eq!(seen, ["alert 1", "connect", "alert 2", "alert 3"]);
+        let r = set.shutdown(Duration::from_secs(5));
+        assert_eq!((r[0].delivered, r[0].dropped, r[0].reconnects), (3, 0, 1));
     }
 }
