@@ -26,7 +26,7 @@ use crate::{
     catalog::{RuleSources, Rules},
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
-    metrics,
+    fault, metrics,
     probes::{self, LoadOptions},
     proctable::{ProcTable, SeedReport},
     reader::{self, Batch},
@@ -122,10 +122,28 @@ pub fn build_sinks(o: &SinkOptions) -> Result<SinkSet> {
     SinkSet::start(sinks, o.queue.max(1))
 }
 
-/// What the processor thread receives: records from a ring, or new rules.
+/// How long a stop waits for the readers and the processor to finish their work.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// What the processor thread receives: records from a ring, new rules, or a ping from the
+/// main loop that it answers by advancing its heartbeat.
 pub enum Msg {
     Batch(Batch),
     Reload(Arc<Compiled>),
+    Ping,
+}
+
+/// Says, when dropped, that a part of the pipeline (the processor, a reader) has ended: on its
+/// return and while a panic unwinds it alike, so that the main loop learns of it at once.
+struct EndGuard {
+    part: &'static str,
+    ended: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let _ = self.ended.send(self.part);
+    }
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -177,6 +195,8 @@ async fn run_async(opts: RunOptions) -> Result<()> {
 
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The processor and the readers say here when they end; before the stop, that is a death.
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<&'static str>();
     let mut readers = Vec::new();
     for name in [probes::PROC_RING, probes::NET_RING] {
         let ring = RingBuf::try_from(
@@ -191,14 +211,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         } else {
             None
         };
-        readers.push(tokio::spawn(reader::run(
-            name,
-            ring,
-            flusher,
-            tx.clone(),
-            opts.poll,
-            stop_rx.clone(),
-        )));
+        let guard = EndGuard {
+            part: name,
+            ended: ended_tx.clone(),
+        };
+        let run = reader::run(name, ring, flusher, tx.clone(), opts.poll, stop_rx.clone());
+        readers.push(tokio::spawn(async move {
+            let _guard = guard;
+            run.await
+        }));
     }
     let reload_tx = tx;
 
@@ -209,10 +230,17 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let (seeded_tx, seeded_rx) = tokio::sync::oneshot::channel();
     let proc_sinks = sinks.clone();
     let proc_sources = sources.clone();
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let proc_heartbeat = heartbeat.clone();
+    let guard = EndGuard {
+        part: "processor",
+        ended: ended_tx,
+    };
     let processor = std::thread::Builder::new()
         .name("rmm-processor".into())
         .spawn(move || {
             process(
+                guard,
                 rx,
                 events,
                 proc_stats,
@@ -220,6 +248,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 proc_sinks,
                 proc_sources,
                 seeded_tx,
+                &proc_heartbeat,
             )
         })
         .context("starting the processor thread")?;
@@ -261,21 +290,50 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&status(&stats.snapshot(&drops))),
     ]);
-    // The watchdog is kicked from the main loop at half the interval systemd asks for.
+    // The watchdog is kicked at half the interval systemd asks for, and only while the
+    // processor answers: each tick pings it through the channel the records take, and the
+    // next tick kicks only if its heartbeat moved since. A processor stuck in a loop or a
+    // lock stops the keep-alives, and systemd kills and restarts the daemon.
     let watchdog = sd_notify::watchdog_enabled();
-    let mut watchdog_tick =
-        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| {
-            (d / 2).max(Duration::from_millis(10))
-        }));
+    let watchdog_period = watchdog.map_or(Duration::from_secs(3600), |d| {
+        (d / 2).max(Duration::from_millis(10))
+    });
+    let mut watchdog_tick = tokio::time::interval(watchdog_period);
+    let mut last_beat = None;
+    let mut silent_ticks = 0u32;
 
     let mut tick = tokio::time::interval(opts.stats_interval);
     tick.tick().await;
     let mut last = stats.snapshot(&drops);
+    let mut died = None;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { log::info!("SIGTERM: draining and stopping"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: draining and stopping"); break; }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
+            Some(part) = ended_rx.recv() => {
+                log::error!("the {part} stopped while the daemon runs: stopping with an error, for the service manager to restart the daemon");
+                died = Some(part);
+                break;
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let beat = heartbeat.load(Relaxed);
+                if last_beat != Some(beat) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                    last_beat = Some(beat);
+                    silent_ticks = 0;
+                } else {
+                    silent_ticks += 1;
+                    if silent_ticks == 2 {
+                        log::error!(
+                            "the processor has not answered for {:?}: the watchdog keep-alive is withheld",
+                            watchdog_period * 2
+                        );
+                    }
+                }
+                // Full channel: the processor has records to work through, and they move
+                // the heartbeat as well.
+                let _ = reload_tx.try_send(Msg::Ping);
+            }
             _ = sighup.recv() => {
                 let reloading = sd_notify::NotifyState::monotonic_usec_now();
                 let mut states = vec![sd_notify::NotifyState::Reloading];
@@ -312,8 +370,21 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     notify(&[sd_notify::NotifyState::Stopping]);
     drop(reload_tx);
     let _ = stop_tx.send(true);
-    for r in readers {
-        match r.await {
+    // Everything that went wrong, for the exit status: the daemon exits non-zero when a part
+    // died, and says why.
+    // Bounded: a processor that hangs (and readers waiting for it to take their last batch)
+    // must not keep the daemon from exiting; systemd's TimeoutStopSec is 20 s.
+    let deadline = tokio::time::Instant::now() + STOP_BOUND;
+    let mut failures = Vec::new();
+    for mut r in readers {
+        let Ok(joined) = tokio::time::timeout_at(deadline, &mut r).await else {
+            r.abort();
+            failures.push(format!(
+                "a reader did not stop within {STOP_BOUND:?} (the processor does not take its records): what it held is lost"
+            ));
+            continue;
+        };
+        match joined {
             Ok(Ok(s)) => log::debug!(
                 "reader {} read {} records ({} stage flushes, {} failed)",
                 s.name,
@@ -321,21 +392,34 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 s.flushes,
                 s.flush_errors
             ),
-            Ok(Err(e)) => log::error!("reader failed: {e:#}"),
-            Err(e) => log::error!("reader task panicked: {e}"),
+            Ok(Err(e)) => failures.push(format!("reader failed: {e:#}")),
+            Err(e) => failures.push(format!("reader task panicked: {e}")),
         }
     }
-    let detect = match processor.join() {
+    while !processor.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let joined = if processor.is_finished() {
+        processor.join()
+    } else {
+        Ok(Err(anyhow!(
+            "it did not stop within {STOP_BOUND:?}: the records it had not processed are lost"
+        )))
+    };
+    let detect = match joined {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
-            log::error!("processor failed: {e:#}");
+            failures.push(format!("processor failed: {e:#}"));
             DetectStats::default()
         }
         Err(_) => {
-            log::error!("processor thread panicked");
+            failures.push("processor thread panicked".to_string());
             DetectStats::default()
         }
     };
+    for f in &failures {
+        log::error!("{f}");
+    }
     drop(sources);
     let sink_reports: Vec<SinkReport> = match Arc::try_unwrap(sinks) {
         Ok(set) => set.shutdown(Duration::from_secs(3)),
@@ -356,7 +440,18 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     );
     // Dropping the Ebpf handle detaches every link.
     drop(loaded);
-    Ok(())
+    match died {
+        None if failures.is_empty() => Ok(()),
+        None => Err(anyhow!("{}", failures.join("; "))),
+        Some(part) => Err(anyhow!(
+            "the {part} stopped while the daemon ran{}",
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", failures.join("; "))
+            }
+        )),
+    }
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -417,7 +512,9 @@ fn stage_flusher(ebpf: &mut aya::Ebpf) -> Result<reader::Flusher> {
 
 type Seeded = Result<(SeedReport, usize)>;
 
+#[allow(clippy::too_many_arguments)]
 fn process(
+    guard: EndGuard,
     mut rx: mpsc::Receiver<Msg>,
     events: EventsFormat,
     stats: Arc<Stats>,
@@ -425,7 +522,12 @@ fn process(
     sinks: Arc<SinkSet>,
     sources: Arc<metrics::Sources>,
     seeded: tokio::sync::oneshot::Sender<Seeded>,
+    heartbeat: &AtomicU64,
 ) -> Result<DetectStats> {
+    // A local, dropped before the parameters: the end is announced before `rx` closes, so the
+    // readers, which stop when it closes, are never taken for the part that died.
+    let _guard = guard;
+    let fault = fault::Fault::from_env()?;
     let mut table = ProcTable::default();
     let seed = match table.seed(Path::new("/proc")).context("reading /proc") {
         Ok(r) => r,
@@ -449,12 +551,14 @@ fn process(
     let mut out: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut reload = None;
     while let Some(msg) = rx.blocking_recv() {
+        heartbeat.fetch_add(1, Relaxed);
         let mut batch = match msg {
             Msg::Batch(b) => b,
             Msg::Reload(c) => {
                 detector.reload(c);
                 continue;
             }
+            Msg::Ping => continue,
         };
         // The two rings are read by separate readers: take every batch already waiting and
         // order the records by kernel time, so that a process's exec is applied before its
@@ -466,12 +570,16 @@ fn process(
                     reload = Some(c);
                     break;
                 }
+                Msg::Ping => {
+                    heartbeat.fetch_add(1, Relaxed);
+                }
             }
         }
         batch.sort_by_key(|r| decode::record_ts(r));
         for record in &batch {
             match decode::decode(record) {
                 Ok(ev) => {
+                    fault.on_event(&ev)?;
                     stats.event(ev.kind());
                     table.apply(&ev);
                     if events == EventsFormat::Json && write_json(&mut out, &ev).is_err() {

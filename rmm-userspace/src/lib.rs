@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod decode;
 pub mod detect;
 pub mod dns;
+pub mod fault;
 pub mod features;
 pub mod matcher;
 pub mod metrics;

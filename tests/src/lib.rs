@@ -2,8 +2,10 @@
 //! connects and DNS queries on loopback (through `rmm-probe-helper` where a precise syscall
 //! is needed), and assert on the decoded events and the final stats.
 //!
-//! Root only: loading the probes needs it. Without root every test prints
-//! `skipped: needs root` and returns; `cargo xtask test` runs as root, so there they run.
+//! Root only: loading the probes needs it. Without root a test fails, saying so, unless
+//! `RMM_TESTS_SKIP_ROOT=1` is set: then it prints `skipped: needs root` and returns (for a
+//! developer who runs the suite unprivileged on purpose). A skip never passes unnoticed in CI,
+//! which runs `cargo xtask test` as root.
 
 pub mod dnswire;
 pub mod journald;
@@ -24,7 +26,8 @@ use std::{
 pub use monitor::{Monitor, Stopped};
 pub use serde_json::Value;
 
-/// Returns from the test (after saying why) unless running as root.
+/// Returns from the test (after saying why) when not running as root and skipping was asked
+/// for; fails it when not running as root otherwise.
 #[macro_export]
 macro_rules! root_or_skip {
     ($name:expr) => {
@@ -34,14 +37,30 @@ macro_rules! root_or_skip {
     };
 }
 
-/// True when running as root; otherwise prints why the test is skipped.
+/// The variable that lets tests needing root skip instead of failing.
+pub const SKIP_ROOT_VAR: &str = "RMM_TESTS_SKIP_ROOT";
+
+/// True when running as root. Otherwise: false after saying why the test is skipped when
+/// `RMM_TESTS_SKIP_ROOT=1`, and a panic (a failed test) when not.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("{test}: skipped: needs root (it loads eBPF programs); run `cargo xtask test`");
-    false
+    if skip_allowed(std::env::var_os(SKIP_ROOT_VAR).as_deref()) {
+        eprintln!("{test}: skipped: needs root (it loads eBPF programs); {SKIP_ROOT_VAR}=1");
+        return false;
+    }
+    panic!(
+        "{test}: needs root (it loads eBPF programs): run `cargo xtask test` as root, or set \
+         {SKIP_ROOT_VAR}=1 to skip the tests that need root (the unit tests alone: \
+         `cargo test --workspace --lib`)"
+    );
+}
+
+/// Whether the opt-out variable's value asks for skipping: exactly `1`.
+fn skip_allowed(value: Option<&OsStr>) -> bool {
+    value == Some(OsStr::new("1"))
 }
 
 /// The daemon binary: `RMM_MONITOR_BIN`, else the workspace's debug build.
@@ -405,6 +424,14 @@ pub fn poll<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_explicit_1_lets_root_tests_skip() {
+        assert!(skip_allowed(Some(OsStr::new("1"))));
+        for v in [None, Some(""), Some("0"), Some("yes"), Some("true")] {
+            assert!(!skip_allowed(v.map(OsStr::new)), "{v:?}");
+        }
+    }
 
     #[test]
     fn nonces_differ_and_are_hex() {

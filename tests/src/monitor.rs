@@ -168,24 +168,35 @@ fn broken_pipe() -> Stdio {
 impl Monitor {
     /// Starts `rmm-monitor run --events json EXTRA..` and waits until it says `ready`.
     pub fn start(extra: &[&str]) -> Monitor {
-        Monitor::start_with(extra, false, None)
+        Monitor::start_with(extra, false, None, &[])
     }
 
     /// Like [`Monitor::start`], with `$NOTIFY_SOCKET` set to `socket` (sd_notify).
     pub fn start_notifying(extra: &[&str], socket: &std::path::Path) -> Monitor {
-        Monitor::start_with(extra, false, Some(socket))
+        Monitor::start_with(extra, false, Some(socket), &[])
+    }
+
+    /// Like [`Monitor::start`], with `$NOTIFY_SOCKET` set to `socket` when given and these
+    /// variables in the daemon's environment.
+    pub fn start_with_env(
+        extra: &[&str],
+        socket: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Monitor {
+        Monitor::start_with(extra, false, socket, env)
     }
 
     /// Like [`Monitor::start`], but stdout is a pipe whose read end is already closed: every
     /// write of the daemon fails with EPIPE.
     pub fn start_with_broken_stdout(extra: &[&str]) -> Monitor {
-        Monitor::start_with(extra, true, None)
+        Monitor::start_with(extra, true, None, &[])
     }
 
     fn start_with(
         extra: &[&str],
         broken_stdout: bool,
         notify: Option<&std::path::Path>,
+        env: &[(&str, &str)],
     ) -> Monitor {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let bin = crate::monitor_bin();
@@ -202,6 +213,7 @@ impl Monitor {
         let mut child = cmd
             .args(["run", "--events", "json"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RMM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout_cfg)
@@ -366,7 +378,7 @@ impl Monitor {
         self.stop_with(libc::SIGTERM)
     }
 
-    pub fn stop_with(mut self, signal: libc::c_int) -> Stopped {
+    pub fn stop_with(self, signal: libc::c_int) -> Stopped {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child, which has not been reaped yet (so the pid is ours).
         let rc = unsafe { libc::kill(pid, signal) };
@@ -376,7 +388,17 @@ impl Monitor {
             "kill({pid}, {signal}): {}",
             std::io::Error::last_os_error()
         );
-        let deadline = Instant::now() + stop_timeout();
+        self.finish(&format!("of signal {signal}"), stop_timeout())
+    }
+
+    /// Waits (bounded) for a daemon that exits by itself, and the end of both pipes; fails the
+    /// test (killing the daemon) when it is still running after `timeout`.
+    pub fn wait_exit(self, timeout: Duration) -> Stopped {
+        self.finish("without a signal", timeout)
+    }
+
+    fn finish(mut self, after: &str, timeout: Duration) -> Stopped {
+        let deadline = Instant::now() + timeout;
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break s,
@@ -387,9 +409,7 @@ impl Monitor {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     panic!(
-                        "rmm-monitor did not exit within {:?} of signal {signal}; \
-                         stderr:\n{}",
-                        stop_timeout(),
+                        "rmm-monitor did not exit within {timeout:?} {after}; stderr:\n{}",
                         self.stderr.snapshot().join("\n")
                     );
                 }

@@ -2,7 +2,7 @@
 //! stop loses nothing, bad command lines are refused before anything is loaded, and a full
 //! ring buffer is survived and counted.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use rmm_tests::{Monitor, Stopped, TempDir, Value, monitor_bin, nonce, num, run_bounded};
 
@@ -452,4 +452,96 @@ fn alert_and_event_lines_never_interleave_on_stdout() {
     assert_eq!(alerts.len(), 400);
     let stopped = m.stop();
     stopped.assert_clean();
+}
+
+/// A processor that dies (an error returned, a panic) stops the daemon at once with a non-zero
+/// status that says which part died: under the unit's `Restart=on-failure`, systemd restarts
+/// it. The fault is injected by the debug build's `RMM_MONITOR_FAULT` on the exec of a file.
+#[test]
+fn a_processor_that_dies_stops_the_daemon_with_an_error() {
+    root_or_skip!("a_processor_that_dies_stops_the_daemon_with_an_error");
+    for (kind, cause) in [
+        ("fail", "processor failed: injected fault"),
+        ("panic", "processor thread panicked"),
+    ] {
+        let dir = TempDir::new(&format!("fault-{kind}"));
+        let name = format!("fault-{kind}-{}", nonce());
+        let exe = dir.copy_executable("/bin/true", &name);
+        let fault = format!("{kind}:{name}");
+        let m = Monitor::start_with_env(&[], None, &[("RMM_MONITOR_FAULT", &fault)]);
+        let st = std::process::Command::new(&exe)
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+        assert!(st.success());
+        let stopped = m.wait_exit(rmm_tests::monitor::event_timeout());
+        let err = stopped.stderr.join("\n");
+        assert!(
+            !stopped.status.success(),
+            "{kind}: the daemon exits with an error: {:?}; stderr:\n{err}",
+            stopped.status
+        );
+        assert!(
+            err.contains("the processor stopped while the daemon runs") && err.contains(cause),
+            "{kind}: the daemon says which part died and why ({cause}); stderr:\n{err}"
+        );
+    }
+}
+
+/// A processor that hangs stops the watchdog keep-alives (systemd then kills and restarts the
+/// daemon), and a stop asked of the daemon then is bounded and exits non-zero.
+#[test]
+fn a_hung_processor_withholds_the_watchdog_and_cannot_block_the_stop() {
+    root_or_skip!("a_hung_processor_withholds_the_watchdog_and_cannot_block_the_stop");
+    let dir = TempDir::new("fault-hang");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path)
+        .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+    sock.set_nonblocking(true).expect("non-blocking socket");
+    let kicks = |sock: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 4096];
+        let mut n = 0;
+        while let Ok(len) = sock.recv(&mut buf) {
+            n += String::from_utf8_lossy(&buf[..len])
+                .lines()
+                .filter(|l| *l == "WATCHDOG=1")
+                .count();
+        }
+        n
+    };
+    let name = format!("fault-hang-{}", nonce());
+    let exe = dir.copy_executable("/bin/true", &name);
+    let fault = format!("hang:{name}");
+    // 200 ms: a keep-alive every 100 ms while the processor answers.
+    let m = Monitor::start_with_env(
+        &[],
+        Some(&path),
+        &[("WATCHDOG_USEC", "200000"), ("RMM_MONITOR_FAULT", &fault)],
+    );
+    std::thread::sleep(rmm_tests::monitor::scaled(Duration::from_secs(1)));
+    let before = kicks(&sock);
+    assert!(
+        before >= 3,
+        "keep-alives while the processor answers: {before} in a second"
+    );
+    let st = std::process::Command::new(&exe)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+    assert!(st.success());
+    m.wait_for_log("the processor not answering", |l| {
+        l.starts_with("the processor has not answered for")
+    });
+    kicks(&sock);
+    std::thread::sleep(rmm_tests::monitor::scaled(Duration::from_secs(1)));
+    assert_eq!(kicks(&sock), 0, "no keep-alive once the processor hangs");
+    let stopped = m.stop();
+    let err = stopped.stderr.join("\n");
+    assert!(
+        !stopped.status.success(),
+        "a stop with a hung processor exits with an error: {:?}; stderr:\n{err}",
+        stopped.status
+    );
+    assert!(
+        err.contains("did not stop within"),
+        "the daemon says what it could not stop; stderr:\n{err}"
+    );
 }
