@@ -135,6 +135,10 @@ pub struct ContextSpec {
     pub dedup_window_secs: Option<u64>,
     /// Seconds a vendor domain's resolved address is remembered for connect correlation.
     pub dns_ttl_secs: Option<u64>,
+    /// Globs of the executables of system resolvers (caching daemons that resolve for every
+    /// process): their answers tag every process's connects, other answers only the connects
+    /// of the process that asked and its descendants.
+    pub system_resolvers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -265,6 +269,7 @@ const CONTEXT_KEYS: &[&str] = &[
     "temp_dirs",
     "dedup_window_secs",
     "dns_ttl_secs",
+    "system_resolvers",
 ];
 
 /// Deserializes one entry, recording its errors: unknown keys first (each at its own place,
@@ -492,6 +497,9 @@ pub fn parse_rules(file: &str, src: &str) -> Result<RulesFile, RuleErrors> {
         for g in ctx.temp_dirs.iter().flatten() {
             c.glob(g, "temp_dirs");
         }
+        for g in ctx.system_resolvers.iter().flatten() {
+            c.glob(g, "system_resolvers");
+        }
     }
     if c.errors.is_empty() {
         Ok(parsed)
@@ -549,6 +557,9 @@ impl Rules {
             }
             if c.dns_ttl_secs.is_some() {
                 cur.dns_ttl_secs = c.dns_ttl_secs;
+            }
+            if c.system_resolvers.is_some() {
+                cur.system_resolvers = c.system_resolvers;
             }
         }
         self.sources.push(name);

@@ -44,6 +44,16 @@ pub const DEFAULT_TEMP_DIRS: &[&str] = &[
     "/home/*/Downloads/**",
     "/root/Downloads/**",
 ];
+/// Caching resolvers as Debian installs them (systemd-resolved, nscd, dnsmasq, unbound, BIND),
+/// by the executable the kernel reports (`/lib` is `/usr/lib` on merged-/usr systems).
+pub const DEFAULT_SYSTEM_RESOLVERS: &[&str] = &[
+    "/usr/lib/systemd/systemd-resolved",
+    "/lib/systemd/systemd-resolved",
+    "/usr/sbin/nscd",
+    "/usr/sbin/dnsmasq",
+    "/usr/sbin/unbound",
+    "/usr/sbin/named",
+];
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(300);
 pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(3600);
 
@@ -61,6 +71,7 @@ pub enum Flag {
 pub struct ContextSettings {
     suspicious_parents: HashSet<String>,
     temp_dirs: GlobSet,
+    system_resolvers: GlobSet,
     pub dedup_window: Duration,
     pub dns_ttl: Duration,
 }
@@ -75,22 +86,14 @@ impl ContextSettings {
                 .map(|s| (*s).to_owned())
                 .collect(),
         };
-        let globs: Vec<String> = match &c.temp_dirs {
-            Some(list) => list.iter().map(|g| g.get_ref().clone()).collect(),
-            None => DEFAULT_TEMP_DIRS.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        let mut b = GlobSetBuilder::new();
-        for g in &globs {
-            b.add(
-                GlobBuilder::new(g)
-                    .literal_separator(true)
-                    .build()
-                    .with_context(|| format!("temp_dirs glob {g:?}"))?,
-            );
-        }
         Ok(ContextSettings {
             suspicious_parents: parents,
-            temp_dirs: b.build().context("compiling temp_dirs")?,
+            temp_dirs: path_globs("temp_dirs", c.temp_dirs.as_deref(), DEFAULT_TEMP_DIRS)?,
+            system_resolvers: path_globs(
+                "system_resolvers",
+                c.system_resolvers.as_deref(),
+                DEFAULT_SYSTEM_RESOLVERS,
+            )?,
             dedup_window: c
                 .dedup_window_secs
                 .map_or(DEFAULT_DEDUP_WINDOW, Duration::from_secs),
@@ -112,6 +115,33 @@ impl ContextSettings {
     pub fn in_temp_dir(&self, executable: &str) -> bool {
         !executable.is_empty() && self.temp_dirs.is_match(executable)
     }
+
+    /// A caching resolver that resolves for every process (by its executable).
+    pub fn is_system_resolver(&self, executable: &str) -> bool {
+        !executable.is_empty() && self.system_resolvers.is_match(executable)
+    }
+}
+
+/// Path globs (`*` stays within a path component) from the rules, or the defaults.
+fn path_globs(
+    key: &str,
+    given: Option<&[toml::Spanned<String>]>,
+    default: &[&str],
+) -> Result<GlobSet> {
+    let globs: Vec<String> = match given {
+        Some(list) => list.iter().map(|g| g.get_ref().clone()).collect(),
+        None => default.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let mut b = GlobSetBuilder::new();
+    for g in &globs {
+        b.add(
+            GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .with_context(|| format!("{key} glob {g:?}"))?,
+        );
+    }
+    b.build().with_context(|| format!("compiling {key}"))
 }
 
 /// Answers "does a Debian package own this file?" from dpkg's file lists, lazily, with a cache.

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
     sync::Arc,
     time::Instant,
 };
@@ -23,17 +22,15 @@ use crate::{
         Containers, ContextSettings, Flag, PackageDb, Pod, Pods, container_id, container_runtime,
         pod_uid,
     },
+    correlate::{Answered, Correlation, Query, Scope},
     decode::{Event, Task},
-    dns,
     matcher::{Hit, Indicator, Matcher, basename},
     proctable::{Proc, ProcTable},
 };
 
 /// Most ancestors reported per alert.
 pub const MAX_ANCESTORS: usize = 8;
-/// Bounds on the state kept between events.
-const MAX_RESOLVED: usize = 65_536;
-const MAX_PENDING_QUERIES: usize = 4096;
+/// Bound on the de-duplication state.
 const MAX_DEDUP: usize = 65_536;
 
 #[derive(Debug)]
@@ -125,9 +122,11 @@ pub struct DetectStats {
     pub allowed: BTreeMap<String, u64>,
     /// Matches folded into an earlier alert by de-duplication.
     pub deduplicated: u64,
-    /// DNS answers parsed for correlation, and those that did not parse.
+    /// DNS answers parsed for correlation, those that did not parse, and those refused
+    /// because they came from another server than the one asked or echo another question.
     pub answers_parsed: u64,
     pub answers_malformed: u64,
+    pub answers_rejected: u64,
     pub reloads: u64,
 }
 
@@ -142,19 +141,11 @@ struct Placement {
     pod: Option<Pod>,
 }
 
-struct Resolved {
-    tool: usize,
-    domain: String,
-    until: Instant,
-}
-
 pub struct Detector {
     compiled: Arc<Compiled>,
     dedup: HashMap<(String, u32, Indicator, String), Dedup>,
-    /// Addresses that vendor domains resolved to.
-    resolved: HashMap<IpAddr, Resolved>,
-    /// Vendor-domain queries waiting for their answer: (socket cookie, txid) -> (tool, qname).
-    pending: HashMap<(u64, u16), (usize, String)>,
+    /// Vendor-domain queries and the addresses their answers gave.
+    correlation: Correlation,
     packages: PackageDb,
     containers: Containers,
     pods: Pods,
@@ -206,8 +197,7 @@ impl Detector {
         Detector {
             compiled,
             dedup: HashMap::new(),
-            resolved: HashMap::new(),
-            pending: HashMap::new(),
+            correlation: Correlation::default(),
             packages: PackageDb::default(),
             containers: Containers::default(),
             pods: Pods::default(),
@@ -217,12 +207,10 @@ impl Detector {
         }
     }
 
-    /// Replaces the rules; correlation and de-duplication state carry over.
+    /// Replaces the rules; correlation and de-duplication state carry over (both are keyed
+    /// by tool id: a tool the new rules lack matches nothing).
     pub fn reload(&mut self, compiled: Arc<Compiled>) {
         self.compiled = compiled;
-        // Tool indexes may have moved: drop state keyed by index.
-        self.resolved.clear();
-        self.pending.clear();
         self.stats.reloads += 1;
     }
 
@@ -287,12 +275,13 @@ impl Detector {
                 self.emit(s, e.task.pid, table, e.task.ts_ns)
             }
             Event::Connect(c) => {
-                let now = Instant::now();
                 let correlated = self
-                    .resolved
-                    .get(&c.daddr)
-                    .filter(|r| r.until > now)
-                    .map(|r| (r.tool, r.domain.clone()));
+                    .correlation
+                    .lookup(c.daddr, c.task.pid, table, Instant::now())
+                    .and_then(|t| {
+                        let tool = self.compiled.matcher.tool_index(t.tool)?;
+                        Some((tool, t.domain.to_owned()))
+                    });
                 let (hit, domain) = match correlated {
                     Some((tool, domain)) => (
                         Hit {
@@ -343,11 +332,28 @@ impl Detector {
             Event::Dns(d) => {
                 let (tool, domain) = self.compiled.matcher.match_domain(&d.query.qname)?;
                 let domain = domain.to_owned();
-                if self.pending.len() >= MAX_PENDING_QUERIES {
-                    self.pending.clear();
-                }
-                self.pending
-                    .insert((d.sock_cookie, d.query.txid), (tool, d.query.qname.clone()));
+                // Whose connects the answer will tag: the asker's, or everyone's when a system
+                // resolver asked (or the kernel could not say who did).
+                let scope = match table.get(d.task.pid) {
+                    _ if d.task.pid == 0 => Scope::Host,
+                    Some(p) if self.compiled.context.is_system_resolver(&p.executable) => {
+                        Scope::Host
+                    }
+                    _ => Scope::Process(d.task.pid),
+                };
+                self.correlation.asked(
+                    d.sock_cookie,
+                    d.query.txid,
+                    Query {
+                        tool: self.compiled.matcher.tools[tool].id.clone(),
+                        qname: d.query.qname.clone(),
+                        qtype: d.query.qtype.clone(),
+                        server: d.daddr,
+                        server_port: d.dport,
+                        scope,
+                    },
+                    Instant::now(),
+                );
                 let s = Subject {
                     action: Action::DnsQuery,
                     hit: Hit {
@@ -373,30 +379,20 @@ impl Detector {
             }
             Event::DnsAnswer(a) => {
                 // Only answers to vendor-domain queries are parsed: the rest cost a hash lookup.
-                let (tool, qname) = self.pending.remove(&(a.sock_cookie, a.txid))?;
-                match dns::parse_answer(&a.payload) {
-                    Ok(addrs) => {
-                        self.stats.answers_parsed += 1;
-                        if self.resolved.len() + addrs.len() > MAX_RESOLVED {
-                            let now = Instant::now();
-                            self.resolved.retain(|_, r| r.until > now);
-                            if self.resolved.len() + addrs.len() > MAX_RESOLVED {
-                                self.resolved.clear();
-                            }
-                        }
-                        let until = Instant::now() + self.compiled.context.dns_ttl;
-                        for ip in addrs {
-                            self.resolved.insert(
-                                ip,
-                                Resolved {
-                                    tool,
-                                    domain: qname.clone(),
-                                    until,
-                                },
-                            );
-                        }
+                let ttl = self.compiled.context.dns_ttl;
+                match self.correlation.answered(a, ttl, Instant::now()) {
+                    Answered::Unrelated => {}
+                    Answered::Tagged(_) => self.stats.answers_parsed += 1,
+                    Answered::Malformed => self.stats.answers_malformed += 1,
+                    Answered::Rejected(why) => {
+                        log::debug!(
+                            "DNS answer from {}:{} for txid {} ignored: {why:?} differs from the query's",
+                            a.saddr,
+                            a.sport,
+                            a.txid
+                        );
+                        self.stats.answers_rejected += 1;
                     }
-                    Err(_) => self.stats.answers_malformed += 1,
                 }
                 None
             }
@@ -978,6 +974,98 @@ mod tests {
             ),
             (Action::Inventory, "teamviewer", Indicator::Path)
         );
+    }
+
+    /// A vendor query of `pid` on socket 9 and its answer giving `ip`.
+    fn lookup(pid: u32, name: &str, ip: &str) -> [Event; 2] {
+        let q = dnsw::query(78, name, 1, false);
+        [
+            Event::Dns(Dns {
+                task: task(pid, "curl", 0),
+                daddr: "127.0.0.153".parse().expect("ip"),
+                dport: 53,
+                sport: 5000,
+                sock_cookie: 9,
+                query: DnsQuery {
+                    txid: 78,
+                    qname: name.into(),
+                    qtype: "A".into(),
+                    qcount: 1,
+                },
+                payload_truncated: false,
+                flags: Vec::new(),
+            }),
+            Event::DnsAnswer(DnsAnswer {
+                ts_ns: 2,
+                saddr: "127.0.0.153".parse().expect("ip"),
+                sport: 53,
+                dport: 5000,
+                sock_cookie: 9,
+                txid: 78,
+                payload: dnsw::answer(&q, &[ip.parse().expect("ip")]),
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_reload_keeps_correlation_and_a_removed_tool_tags_nothing() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        feed(
+            &mut d,
+            &mut t,
+            &lookup(41, "relay.rustdesk.com", "127.0.0.90"),
+        );
+        feed(&mut d, &mut t, &lookup(41, "x.anydesk.com", "127.0.0.91"));
+        let mut rules = Rules::load(&RuleSources::default()).expect("rules");
+        // Rustdesk goes, and it is listed before anydesk: indexes move, ids do not.
+        let pos = |r: &Rules, id: &str| r.tools.iter().position(|x| x.id.get_ref() == id);
+        assert!(pos(&rules, "rustdesk") < pos(&rules, "anydesk"));
+        rules.tools.retain(|x| x.id.get_ref() != "rustdesk");
+        d.reload(Arc::new(Compiled::build(&rules).expect("compiles")));
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                connect(41, "127.0.0.90", 443, "success"),
+                connect(41, "127.0.0.91", 443, "success"),
+            ],
+        );
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(
+            (alerts[0].rmm.tool.as_str(), alerts[0].rmm.indicator),
+            ("anydesk", Indicator::Ip)
+        );
+    }
+
+    #[test]
+    fn an_answer_tags_only_the_asker_and_a_forged_one_nothing() {
+        let mut d = detector("");
+        let mut t = ProcTable::default();
+        let [query, answer] = lookup(42, "relay.rustdesk.com", "127.0.0.92");
+        let Event::DnsAnswer(real) = &answer else {
+            unreachable!()
+        };
+        let mut forged = real.clone();
+        forged.payload = dnsw::answer(
+            &dnsw::query(78, "other.rustdesk.com", 1, false),
+            &["127.0.0.93".parse().expect("ip")],
+        );
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                query,
+                Event::DnsAnswer(forged),
+                answer,
+                connect(43, "127.0.0.92", 443, "success"),
+                connect(42, "127.0.0.93", 443, "success"),
+            ],
+        );
+        assert_eq!(alerts.len(), 1, "only the DNS query alerts: {alerts:?}");
+        assert_eq!((d.stats.answers_rejected, d.stats.answers_parsed), (1, 1));
+        let alerts = feed(&mut d, &mut t, &[connect(42, "127.0.0.92", 443, "success")]);
+        assert_eq!(alerts.len(), 1, "the asker's connect is tagged: {alerts:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use hickory_proto::{
     op::{Message, MessageType},
-    rr::RData,
+    rr::{Name, RData},
 };
 use serde::Serialize;
 
@@ -28,6 +28,11 @@ pub enum DnsError {
     /// A response was sent to port 53.
     NotAQuery,
     NoQuestion,
+    /// A query came from port 53 where an answer was expected.
+    NotAnAnswer,
+    /// The answer's question is not the one asked (name, type or count): a forged or stray
+    /// answer, ignored.
+    QuestionMismatch,
 }
 
 /// Parses a query. A truncated payload (longer than the 512 bytes copied) usually still holds
@@ -57,16 +62,53 @@ pub fn parse_query(payload: &[u8]) -> Result<DnsQuery, DnsError> {
     })
 }
 
-/// The IPv4 and IPv6 addresses in an answer (A and AAAA records of any name in the answer
-/// section: CNAME chains end in the records that matter).
-pub fn parse_answer(payload: &[u8]) -> Result<Vec<IpAddr>, DnsError> {
+/// A name as compared here: ASCII lower case (resolvers may randomise the case of a query,
+/// RFC 5452's 0x20 bits), no trailing dot.
+fn norm(name: &Name) -> String {
+    let mut n = name.to_ascii().to_ascii_lowercase();
+    if n.len() > 1 && n.ends_with('.') {
+        n.pop();
+    }
+    n
+}
+
+/// The IPv4 and IPv6 addresses that an answer gives for the question asked (`qname` of type
+/// `qtype`, as [`parse_query`] reported them): the answer must echo exactly that question, and
+/// only A and AAAA records of `qname` or of the CNAME chain that starts there count, so that an
+/// answer cannot tag addresses under names nobody asked for.
+pub fn parse_answer(payload: &[u8], qname: &str, qtype: &str) -> Result<Vec<IpAddr>, DnsError> {
     let msg = Message::from_vec(payload).map_err(|e| DnsError::Parse(e.to_string()))?;
     if msg.metadata.message_type != MessageType::Response {
-        return Err(DnsError::NotAQuery);
+        return Err(DnsError::NotAnAnswer);
+    }
+    let asked = qname.trim_end_matches('.').to_ascii_lowercase();
+    match msg.queries.as_slice() {
+        [q] if norm(q.name()) == asked && q.query_type().to_string() == qtype => {}
+        _ => return Err(DnsError::QuestionMismatch),
+    }
+    // The chain of names from the question through its CNAMEs; each pass adds at least one
+    // name or ends, so there are at most as many passes as records.
+    let mut chain = vec![asked];
+    for _ in 0..msg.answers.len() {
+        let before = chain.len();
+        for r in &msg.answers {
+            if let RData::CNAME(target) = &r.data
+                && chain.contains(&norm(&r.name))
+            {
+                let t = norm(&target.0);
+                if !chain.contains(&t) {
+                    chain.push(t);
+                }
+            }
+        }
+        if chain.len() == before {
+            break;
+        }
     }
     Ok(msg
         .answers
         .iter()
+        .filter(|r| chain.contains(&norm(&r.name)))
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -186,9 +228,85 @@ pub(crate) mod tests {
     fn answers_give_addresses() {
         let q = query(5, "relay.rustdesk.com", 1, false);
         let addrs: Vec<IpAddr> = vec!["127.0.0.9".parse().unwrap(), "::1".parse().unwrap()];
-        assert_eq!(parse_answer(&answer(&q, &addrs)), Ok(addrs));
-        assert_eq!(parse_answer(&q), Err(DnsError::NotAQuery));
-        assert!(parse_answer(&answer(&q, &["127.0.0.9".parse().unwrap()])[..20]).is_err());
+        let a = answer(&q, &addrs);
+        assert_eq!(
+            parse_answer(&a, "relay.rustdesk.com", "A"),
+            Ok(addrs.clone())
+        );
+        // 0x20 case randomisation and a trailing dot change nothing.
+        assert_eq!(parse_answer(&a, "Relay.RustDesk.com.", "A"), Ok(addrs));
+        assert_eq!(
+            parse_answer(&q, "relay.rustdesk.com", "A"),
+            Err(DnsError::NotAnAnswer)
+        );
+        assert!(
+            parse_answer(
+                &answer(&q, &["127.0.0.9".parse().unwrap()])[..20],
+                "relay.rustdesk.com",
+                "A"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn an_answer_to_another_question_gives_nothing() {
+        let q = query(5, "x.anydesk.com", 1, false);
+        let a = answer(&q, &["127.0.0.9".parse().unwrap()]);
+        for (name, kind) in [("y.anydesk.com", "A"), ("x.anydesk.com", "AAAA")] {
+            assert_eq!(
+                parse_answer(&a, name, kind),
+                Err(DnsError::QuestionMismatch),
+                "{name} {kind}"
+            );
+        }
+        // Two questions where one was asked.
+        let mut two = a.clone();
+        two[5] = 2;
+        assert!(parse_answer(&two, "x.anydesk.com", "A").is_err());
+    }
+
+    /// Appends a record with an uncompressed owner name to `p` and counts it as an answer.
+    fn push_record(p: &mut Vec<u8>, owner: &str, kind: u16, data: &[u8]) {
+        for label in owner.split('.') {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&kind.to_be_bytes());
+        p.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        p.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        p.extend_from_slice(data);
+        p[7] += 1;
+    }
+
+    fn wire_name(name: &str) -> Vec<u8> {
+        let mut w = Vec::new();
+        for label in name.split('.') {
+            w.push(label.len() as u8);
+            w.extend_from_slice(label.as_bytes());
+        }
+        w.push(0);
+        w
+    }
+
+    #[test]
+    fn only_records_of_the_question_and_its_cname_chain_count() {
+        let q = query(6, "relay.anydesk.com", 1, false);
+        let mut p = answer(&q, &[]);
+        push_record(
+            &mut p,
+            "relay.anydesk.com",
+            5,
+            &wire_name("edge.cdn.example"),
+        );
+        push_record(&mut p, "edge.cdn.example", 1, &[127, 0, 0, 10]);
+        // An address for a name nobody asked for, in the same answer.
+        push_record(&mut p, "proxy.corp.example", 1, &[127, 0, 0, 11]);
+        assert_eq!(
+            parse_answer(&p, "relay.anydesk.com", "A"),
+            Ok(vec!["127.0.0.10".parse().unwrap()])
+        );
     }
 
     #[test]
@@ -204,7 +322,7 @@ pub(crate) mod tests {
                 })
                 .collect();
             let _ = parse_query(&buf);
-            let _ = parse_answer(&buf);
+            let _ = parse_answer(&buf, "example.org", "A");
         }
     }
 }

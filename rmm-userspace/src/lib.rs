@@ -6,6 +6,7 @@ pub mod btf;
 pub mod catalog;
 pub mod config;
 pub mod context;
+pub mod correlate;
 pub mod daemon;
 pub mod decode;
 pub mod detect;

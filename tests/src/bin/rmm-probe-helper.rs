@@ -58,6 +58,7 @@ fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
         "dns-burst" => cmd_dns_burst(rest),
         "dns-raw-socket" => cmd_dns_raw_socket(rest),
         "getaddrinfo" => cmd_getaddrinfo(rest),
+        "wait-file" => cmd_wait_file(rest),
         "raw-udp" => cmd_raw_udp(rest),
         other => Err(format!("unknown command {other:?}")),
     }
@@ -784,9 +785,11 @@ fn cmd_raw_udp(rest: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// `getaddrinfo RESOLVER_IP NAME`: in a private mount namespace, bind-mounts a resolv.conf
-/// naming only RESOLVER_IP (loopback) over /etc/resolv.conf, checks that glibc will read
-/// exactly that, then resolves NAME (AF_UNSPEC, no AI_ADDRCONFIG: A and AAAA are asked).
+/// `getaddrinfo RESOLVER_IP NAME [then|then-child COMMAND ARGS..]`: in a private mount
+/// namespace, bind-mounts a resolv.conf naming only RESOLVER_IP (loopback) over
+/// /etc/resolv.conf, checks that glibc will read exactly that, then resolves NAME (AF_UNSPEC,
+/// no AI_ADDRCONFIG: A and AAAA are asked). With `then`, the same process runs COMMAND next;
+/// with `then-child`, a forked child does.
 fn cmd_getaddrinfo(rest: &[String]) -> Res<()> {
     let resolver = loopback(arg(rest, 0, "RESOLVER_IP")?)?;
     let name = cstr(arg(rest, 1, "NAME")?)?;
@@ -831,7 +834,50 @@ fn cmd_getaddrinfo(rest: &[String]) -> Res<()> {
     }
     // SAFETY: the list from getaddrinfo, freed once.
     unsafe { libc::freeaddrinfo(res) };
-    Ok(())
+    match rest.get(2).map(String::as_str) {
+        None => Ok(()),
+        // The same process goes on with another command (a connect to what was resolved).
+        Some("then") => {
+            let cmd = arg(rest, 3, "COMMAND")?;
+            dispatch(cmd, &rest[4..])
+        }
+        // A forked child goes on with it (`child=PID`): a descendant of the resolver.
+        Some("then-child") => {
+            let cmd = arg(rest, 3, "COMMAND")?.to_string();
+            let args = rest[4..].to_vec();
+            let _ = std::io::stdout().flush();
+            fork_exec(move || {
+                let code = match dispatch(&cmd, &args) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("rmm-probe-helper {cmd} (child): {e}");
+                        1
+                    }
+                };
+                let _ = std::io::stdout().flush();
+                // SAFETY: leaving the child without running the parent's destructors.
+                unsafe { libc::_exit(code) };
+            })
+        }
+        Some(o) => Err(format!("unknown option {o:?} (then, then-child)")),
+    }
+}
+
+/// `wait-file PATH COMMAND ARGS..`: waits (30 s at most) until PATH exists, then runs COMMAND:
+/// a test acts on the daemon between two steps of one process.
+fn cmd_wait_file(rest: &[String]) -> Res<()> {
+    let path = std::path::Path::new(arg(rest, 0, "PATH")?);
+    let cmd = arg(rest, 1, "COMMAND")?;
+    let started = std::time::Instant::now();
+    println!("waiting={}", path.display());
+    let _ = std::io::stdout().flush();
+    while !path.exists() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(format!("{} did not appear within 30 s", path.display()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    dispatch(cmd, &rest[2..])
 }
 
 fn private_resolv_conf(conf: &str) -> Res<()> {

@@ -429,17 +429,47 @@ fn dns_answer_tags_a_later_connect_on_443() {
     d.seen("connect", c.pid);
     silent.push(c.pid);
 
-    // Another process connects to the answered address on 443.
-    let c = connect("connect", &vendor_ip.to_string(), 443);
+    // Another process connects to the answered address on 443: not tagged, the answer was
+    // for the process that asked (a user's own server must not tag everyone's connects).
+    let ip = vendor_ip.to_string();
+    let c = connect("connect", &ip, 443);
+    assert_eq!(c.get("ret"), "0", "connected to the vendor address");
+    d.seen("connect", c.pid);
+    silent.push(c.pid);
+
+    // A process that resolves the vendor name and then connects to the answer on 443.
+    let c = helper(&[
+        "getaddrinfo",
+        &resolver,
+        &vendor_name,
+        "then",
+        "connect",
+        &ip,
+        "443",
+    ]);
     assert_eq!(c.get("ret"), "0", "connected to the vendor address");
     let a = d.alert_of("connect", c.pid);
-    let ip = vendor_ip.to_string();
     assert_connect_alert(&a, c.pid, "rustdesk", "ip", &ip, (&ip, 443), "success");
     assert_eq!(
         a["destination"]["domain"], vendor_name,
         "destination.domain is the name queried: {a}"
     );
     assert_eq!(a["rule"]["id"], "rmm.rustdesk.ip", "{a}");
+    let asker = c.pid;
+
+    // A child of a process that resolved it: tagged too.
+    let r = helper(&[
+        "getaddrinfo",
+        &resolver,
+        &vendor_name,
+        "then-child",
+        "connect",
+        &ip,
+        "443",
+    ]);
+    let child: u32 = r.get("child").parse().expect("child pid");
+    let a = d.alert_of("connect", child);
+    assert_connect_alert(&a, child, "rustdesk", "ip", &ip, (&ip, 443), "success");
     let so_far = read_alerts(&d.alerts);
     for pid in &silent {
         assert!(
@@ -459,7 +489,11 @@ fn dns_answer_tags_a_later_connect_on_443() {
         f.detection
     );
     assert_eq!(f.of_pid(q.pid).len(), 1, "the vendor query alerted once");
-    assert_eq!(f.of_pid(c.pid).len(), 1, "the tagged connect alerted once");
+    assert_eq!(
+        f.of_pid(asker).len(),
+        2,
+        "the asker's query and its tagged connect alerted once each"
+    );
 }
 
 /// The alert of a connect or a DNS query describes the process like an exec alert does: its
@@ -515,4 +549,61 @@ fn network_alerts_of_short_lived_processes_carry_the_process_context() {
         assert_eq!(a["rmm"]["ancestors"][0]["pid"], me, "rmm.ancestors: {a}");
         assert_context(a, "high", &helper_flags(), "T1219.002");
     }
+}
+
+/// A rules reload (SIGHUP, which is also logrotate's reopen) between a vendor lookup and the
+/// connect that follows it keeps the correlation: the connect is still tagged.
+#[test]
+fn dns_correlation_survives_a_sighup() {
+    root_or_skip!("dns_correlation_survives_a_sighup");
+    let n = nonce();
+    let vendor_name = format!("relay-{n}.rustdesk.com");
+    let vendor_ip = random_loopback(80);
+    let ip = vendor_ip.to_string();
+    let _dns = Answering::bind(vec![(vendor_name.clone(), vendor_ip)]);
+    let _listener = TcpListener::bind((vendor_ip, 443))
+        .unwrap_or_else(|e| panic!("listening on {ip}:443: {e}"));
+    let d = Daemon::start("sighup-correlate", &[]);
+    let go = d.dir.path().join("go");
+    let resolver = ANSWERING.to_string();
+    let child = std::process::Command::new(helper_bin())
+        .args([
+            "getaddrinfo",
+            &resolver,
+            &vendor_name,
+            "then",
+            "wait-file",
+            path_str(&go),
+            "connect",
+            &ip,
+            "443",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the probe helper");
+    let pid = child.id();
+    d.alert_of("dns_query", pid);
+    // SAFETY: kill(2) on the daemon, our own child, which has not been reaped.
+    let rc = unsafe { libc::kill(d.m.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "SIGHUP: {}", std::io::Error::last_os_error());
+    d.m.wait_for_log("the reload", |l| l.starts_with("SIGHUP: rules reloaded"));
+    std::fs::write(&go, "").expect("creating the go file");
+    let out = child
+        .wait_with_output()
+        .expect("waiting for the probe helper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "ret=0"),
+        "the helper connected: {:?}\n{stdout}",
+        out.status
+    );
+    let a = d.alert_of("connect", pid);
+    assert_connect_alert(&a, pid, "rustdesk", "ip", &ip, (&ip, 443), "success");
+    let f = d.stop();
+    assert_eq!(
+        f.detection["reloads"].as_u64(),
+        Some(1),
+        "one reload: {}",
+        f.detection
+    );
 }
