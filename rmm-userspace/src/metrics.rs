@@ -119,6 +119,17 @@ impl Collector for Sources {
         )?;
         counters(
             &mut e,
+            "rmm_dns_answers",
+            "DNS answers to vendor-domain queries, by result (parsed, malformed, rejected: from another server or for another question)",
+            "result",
+            [
+                ("parsed", detect.answers_parsed),
+                ("malformed", detect.answers_malformed),
+                ("rejected", detect.answers_rejected),
+            ],
+        )?;
+        counters(
+            &mut e,
             "rmm_rule_reloads",
             "Rule reloads (SIGHUP), by result",
             "result",

@@ -104,6 +104,9 @@ fn metrics_endpoint_counts_what_happened() {
             .any(|k| k.starts_with("rmm_events_lost_total{reason=")),
         "rmm_events_lost_total per reason: {first:?}"
     );
+    for result in ["parsed", "malformed", "rejected"] {
+        value(&first, &label("rmm_dns_answers_total", "result", result));
+    }
     assert_eq!(
         value(&first, &label("rmm_rule_reloads_total", "result", "ok")),
         0.0
