@@ -222,6 +222,8 @@ pub struct Containers {
     /// cgroup v2 id (inode) to path, filled by walking the hierarchy on a miss.
     by_id: HashMap<u64, String>,
     last_walk: Option<Instant>,
+    /// The cgroup v2 mount, found once (the probes are attached to it for the daemon's life).
+    root: Option<PathBuf>,
 }
 
 impl Containers {
@@ -238,7 +240,7 @@ impl Containers {
         if let Some(p) = self.by_id.get(&cgroup_id) {
             return Some(p.clone());
         }
-        let root = crate::probes::cgroup2_root().ok()?;
+        let root = self.root()?;
         if let Some(p) = path_by_id(&root, cgroup_id) {
             if self.by_id.len() >= 65_536 {
                 self.by_id.clear();
@@ -259,6 +261,38 @@ impl Containers {
         self.by_id.clear();
         walk_cgroups(&root, &root, 0, &mut self.by_id);
         self.by_id.get(&cgroup_id).cloned()
+    }
+    /// Whether the cgroup at `path` (as [`Containers::cgroup_path`] gives it) and every cgroup
+    /// above it is owned by root. A delegated subtree (a user's systemd manager, a rootless
+    /// runtime) is owned by its user, who can name cgroups in it anything, container ids
+    /// included. False when it cannot be looked at (gone already).
+    pub fn owned_by_root(&mut self, path: &str) -> bool {
+        let Some(mut dir) = self.root() else {
+            return false;
+        };
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if part == ".." {
+                return false;
+            }
+            dir.push(part);
+            match fs::metadata(&dir) {
+                Ok(m) if m.uid() == 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Containers {
+    fn root(&mut self) -> Option<PathBuf> {
+        if self.root.is_none() {
+            match crate::probes::cgroup2_root() {
+                Ok(r) => self.root = Some(r),
+                Err(e) => log::debug!("no cgroup path lookups: {e:#}"),
+            }
+        }
+        self.root.clone()
     }
 }
 

@@ -138,6 +138,9 @@ struct Dedup {
 #[derive(Debug, Default)]
 struct Placement {
     container: Option<ContainerFields>,
+    /// The container's cgroup was created by a runtime (owned by root): only then may an
+    /// allowlist entry match its id.
+    container_trusted: bool,
     pod: Option<Pod>,
 }
 
@@ -219,11 +222,13 @@ impl Detector {
         let Some(path) = self.containers.cgroup_path(pid, cgroup_id) else {
             return Placement::default();
         };
+        let container = container_id(&path).map(|id| ContainerFields {
+            id,
+            runtime: container_runtime(&path),
+        });
         Placement {
-            container: container_id(&path).map(|id| ContainerFields {
-                id,
-                runtime: container_runtime(&path),
-            }),
+            container_trusted: container.is_some() && self.containers.owned_by_root(&path),
+            container,
             pod: pod_uid(&path).map(|uid| self.pods.lookup(&uid)),
         }
     }
@@ -423,14 +428,17 @@ impl Detector {
             placement = Some(self.placement_of(pid, cgroup_id));
         }
 
+        // Only an exact path may match an executable glob (see `Proc::exe_exact`).
+        let exact_exe = proc_.filter(|p| p.exe_exact).map(|p| p.executable.as_str());
         if let Some(reason) = allowed(
             &c,
             &tool.id,
-            &executable,
+            exact_exe,
             uid,
             ancestors.first().copied(),
             placement
                 .as_ref()
+                .filter(|p| p.container_trusted)
                 .and_then(|p| p.container.as_ref())
                 .map(|c| c.id.as_str()),
         ) {
@@ -580,11 +588,15 @@ impl Detector {
     }
 }
 
-/// The reason of the first allowlist entry whose every given field matches.
+/// The reason of the first allowlist entry whose every given field matches. Only what a user
+/// cannot forge is compared: `exe` is the executable's exact path (`None` when cut, detached
+/// or deleted), a parent is matched by its exact executable (never by its `comm`, which
+/// `prctl(PR_SET_NAME)` sets to anything), and `container` is given only for a cgroup that a
+/// runtime created (owned by root, not in a user's delegated subtree).
 fn allowed<'c>(
     c: &'c Compiled,
     tool: &str,
-    exe: &str,
+    exe: Option<&str>,
     uid: u32,
     parent: Option<&Proc>,
     container: Option<&str>,
@@ -593,12 +605,13 @@ fn allowed<'c>(
         .iter()
         .find(|a| {
             a.tool.as_deref().is_none_or(|t| t == tool)
-                && a.executable.as_ref().is_none_or(|g| g.is_match(exe))
+                && a.executable
+                    .as_ref()
+                    .is_none_or(|g| exe.is_some_and(|e| g.is_match(e)))
                 && a.uid.is_none_or(|u| u == uid)
                 && a.parent.as_ref().is_none_or(|(name, g)| {
-                    parent.is_some_and(|p| {
-                        p.comm.eq_ignore_ascii_case(name)
-                            || basename(&p.executable).eq_ignore_ascii_case(name)
+                    parent.filter(|p| p.exe_exact).is_some_and(|p| {
+                        basename(&p.executable).eq_ignore_ascii_case(name)
                             || g.is_match(&p.executable)
                     })
                 })
@@ -912,6 +925,45 @@ mod tests {
         assert_eq!(pids, vec![61], "only the wrong user alerts");
         assert_eq!(d.stats.allowed.get("anydesk"), Some(&1));
         assert_eq!(d.stats.allowed.get("rustdesk"), Some(&1));
+    }
+
+    /// An exec whose kernel flags say the path is not exact.
+    fn exec_flagged(pid: u32, ppid: u32, exe: &str, flags: Vec<&'static str>) -> Event {
+        let mut e = exec(pid, ppid, exe, 1000);
+        if let Event::Exec(x) = &mut e {
+            x.flags = flags;
+        }
+        e
+    }
+
+    #[test]
+    fn the_allowlist_ignores_what_a_user_can_forge() {
+        let allow = "[[allow]]\ntool = \"anydesk\"\nexecutable = \"/opt/helpdesk/**\"\nreason = \"helpdesk\"\n\n[[allow]]\nparent = \"msp-agent\"\n";
+        let mut d = detector(allow);
+        let mut t = ProcTable::default();
+        // A parent that calls itself msp-agent (prctl(PR_SET_NAME)) but is a shell.
+        let mut spoofed = exec(70, 1, "/usr/bin/bash", 1000);
+        if let Event::Exec(x) = &mut spoofed {
+            x.task.comm = "msp-agent".into();
+        }
+        let alerts = feed(
+            &mut d,
+            &mut t,
+            &[
+                spoofed,
+                exec(71, 70, "/usr/bin/rustdesk", 1000),
+                // Cut, detached and deleted paths that look allowlisted.
+                exec_flagged(72, 1, "/opt/helpdesk/anydesk", vec!["path_truncated"]),
+                exec_flagged(73, 1, "/opt/helpdesk/anydesk", vec!["path_deleted"]),
+                exec_flagged(74, 1, "/opt/helpdesk/anydesk", vec!["path_detached"]),
+                // The real thing is still allowed.
+                exec(75, 1, "/opt/helpdesk/anydesk", 1000),
+                exec(76, 1, "/usr/bin/msp-agent", 0),
+                exec(77, 76, "/usr/bin/rustdesk", 0),
+            ],
+        );
+        let pids: Vec<u32> = alerts.iter().map(|a| a.process.pid).collect();
+        assert_eq!(pids, vec![71, 72, 73, 74]);
     }
 
     #[test]

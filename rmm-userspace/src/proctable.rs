@@ -18,9 +18,23 @@ pub struct Proc {
     pub uid: u32,
     pub comm: String,
     pub executable: String,
+    /// `executable` is the whole path of a file in the file system: not cut, not detached
+    /// (memfd), not deleted. Only such a path may match an allowlist glob: a user can build a
+    /// deep path whose cut tail looks like an allowlisted one.
+    #[serde(skip)]
+    pub exe_exact: bool,
     pub args: Vec<String>,
     pub cgroup_id: u64,
 }
+
+/// Exec flags that make the executable path inexact (see [`Proc::exe_exact`]).
+const INEXACT: &[&str] = &[
+    "path_truncated",
+    "path_error",
+    "no_offsets",
+    "path_detached",
+    "path_deleted",
+];
 
 /// What the /proc walk found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +145,8 @@ impl ProcTable {
                         uid: e.task.uid,
                         comm: e.task.comm.clone(),
                         executable: e.executable.clone(),
+                        exe_exact: e.executable.starts_with('/')
+                            && !e.flags.iter().any(|f| INEXACT.contains(f)),
                         args: e.args.clone(),
                         cgroup_id: e.task.cgroup_id,
                     },
@@ -149,6 +165,7 @@ impl ProcTable {
                         uid: f.task.uid,
                         comm: f.task.comm.clone(),
                         executable: String::new(),
+                        exe_exact: false,
                         args: Vec::new(),
                         cgroup_id: f.task.cgroup_id,
                     },
@@ -227,12 +244,15 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
     };
     let cmdline = fs::read(dir.join("cmdline"))?;
     let (args, _) = crate::decode::split_args(&cmdline, false);
+    // The kernel marks an unlinked executable ` (deleted)`; a memfd has no leading slash.
+    let exe_exact = executable.starts_with('/') && !executable.ends_with(" (deleted)");
     Ok(Proc {
         pid,
         ppid,
         uid,
         comm,
         executable,
+        exe_exact,
         args,
         cgroup_id: 0,
     })

@@ -245,3 +245,92 @@ fn alerts_carry_container_and_pod_context_for_every_runtime_layout() {
     let stopped = m.stop();
     assert_eq!(stopped.status.code(), Some(0));
 }
+
+/// Runs `exe MARKER` in the cgroup `rel` (relative to the cgroup2 root `root`).
+fn run_in_cgroup(root: &Path, rel: &str, exe: &Path, marker: &str) {
+    let procs = root.join(rel.trim_start_matches('/')).join("cgroup.procs");
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {} {marker}",
+            procs.display(),
+            exe.display()
+        ))
+        .status()
+        .expect("running the shell");
+    assert!(status.success(), "moving into {rel} and exec: {status}");
+}
+
+/// An allowlist entry by container id trusts only a cgroup that a runtime made (owned by root
+/// up to the root of the hierarchy): in a subtree delegated to a user, who may name cgroups
+/// anything, the same kind of name is still reported as a container but allows nothing.
+#[test]
+fn a_container_allowlist_trusts_only_cgroups_a_runtime_made() {
+    root_or_skip!("a_container_allowlist_trusts_only_cgroups_a_runtime_made");
+    let root = cgroup2_root();
+    let dir = TempDir::new("cgroups-allow");
+    let rules = TempDir::new("cgroups-allow-rules");
+    let exe = dir.copy_executable("/bin/true", "anydesk");
+    let (trusted_id, forged_id) = (hex64(7), hex64(8));
+    let trusted = format!("/system.slice/docker-{trusted_id}.scope");
+    // A user's delegated subtree, as systemd makes it for user@UID.service: chowned to them.
+    let deleg = format!("/rmm-test-{}.slice/user@1000.service", &nonce()[..8]);
+    let forged = format!("{deleg}/docker-{forged_id}.scope");
+    std::fs::write(
+        rules.path().join("allow.toml"),
+        format!(
+            "[[allow]]\ntool = \"anydesk\"\ncontainer = \"{}\"\nreason = \"trusted\"\n\n\
+             [[allow]]\ntool = \"anydesk\"\ncontainer = \"{}\"\nreason = \"forged\"\n",
+            &trusted_id[..12],
+            &forged_id[..12]
+        ),
+    )
+    .expect("writing the allowlist");
+    let _trusted_cg = Cleanup {
+        cgroups: make_cgroups(&root, &trusted),
+        pod_log_dir: None,
+    };
+    let deleg_cgs = make_cgroups(&root, &deleg);
+    for d in &deleg_cgs {
+        std::os::unix::fs::chown(d, Some(1000), Some(1000))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", d.display()));
+    }
+    let mut forged_cgs = deleg_cgs;
+    forged_cgs.extend(make_cgroups(&root, &forged));
+    std::os::unix::fs::chown(forged_cgs.last().expect("made"), Some(1000), Some(1000))
+        .expect("chown the forged cgroup");
+    let _forged_cg = Cleanup {
+        cgroups: forged_cgs,
+        pod_log_dir: None,
+    };
+    let m = Monitor::start(&[
+        "--json",
+        "-",
+        "--rules-dir",
+        rules.path().to_str().expect("utf-8"),
+    ]);
+    let (allowed, alerted) = (nonce(), nonce());
+    run_in_cgroup(&root, &trusted, &exe, &allowed);
+    run_in_cgroup(&root, &forged, &exe, &alerted);
+    let has_marker = |e: &rmm_tests::Value, marker: &str| {
+        e["args"]
+            .as_array()
+            .or(e["process"]["args"].as_array())
+            .is_some_and(|a| a.iter().any(|x| x == marker))
+    };
+    let alert = m.wait_for("the alert from the delegated subtree", |e| {
+        e["event"]["kind"] == "alert" && has_marker(e, &alerted)
+    });
+    assert_eq!(alert["container"]["id"], forged_id.as_str(), "{alert}");
+    m.wait_for("the exec in the runtime's cgroup", |e| {
+        e["event"] == "exec" && has_marker(e, &allowed)
+    });
+    let stopped = m.stop();
+    assert_eq!(stopped.status.code(), Some(0));
+    let wrongly = stopped
+        .events
+        .iter()
+        .filter(|e| e["event"]["kind"] == "alert" && has_marker(e, &allowed))
+        .count();
+    assert_eq!(wrongly, 0, "the trusted container's tool is allowed");
+}

@@ -73,6 +73,53 @@ fn allowlisted_executable_is_counted_not_alerted() {
     assert_eq!(f.of_pid(other_pid).len(), 1, "the other copy alerted once");
 }
 
+/// A parent allowlist entry matches the parent's executable, never its `comm`: a process
+/// started through a symbolic link named `msp-agent` has that comm (the kernel takes it from
+/// the name executed) but another executable, and allows nothing; the real msp-agent (an
+/// executable of that name) does. (`prctl(PR_SET_NAME)` sets a comm just as freely.)
+#[test]
+fn a_parent_allowlist_is_not_fooled_by_a_spoofed_comm() {
+    root_or_skip!("a_parent_allowlist_is_not_fooled_by_a_spoofed_comm");
+    let dir = Daemon::dir("allow-parent");
+    let bin = dir.path().join("bin");
+    true_at(&bin, "anydesk");
+    let agent = bin.join("msp-agent");
+    std::fs::copy(helper_bin(), &agent).expect("copying the helper as msp-agent");
+    let link_dir = bin.join("link");
+    std::fs::create_dir(&link_dir).expect("mkdir link");
+    let spoof = link_dir.join("msp-agent");
+    std::os::unix::fs::symlink(helper_bin(), &spoof).expect("symlinking the helper");
+    let rules = dir.path().join("allow.toml");
+    write_rules(
+        &rules,
+        "[[allow]]\nparent = \"msp-agent\"\nreason = \"the MSP's agent starts its tools\"\n",
+    );
+    let d = Daemon::start_in(dir, &["--rules", path_str(&rules)]);
+    let run = |exe: &Path, pre: &[&str]| {
+        let mut args: Vec<&str> = pre.to_vec();
+        args.extend(["execveat", path_str(&bin), "anydesk", "anydesk"]);
+        let r = run_bounded(exe, &args);
+        r.assert_success();
+        let child: u32 = r.get("child").parse().expect("child pid");
+        (r.pid, child)
+    };
+    let (spoofer, spoofed_child) = run(&spoof, &[]);
+    let a = d.alert_of("exec", spoofed_child);
+    assert_eq!(a["process"]["parent"]["pid"], spoofer, "{a}");
+    assert_eq!(
+        a["process"]["parent"]["name"], "msp-agent",
+        "the comm was set: {a}"
+    );
+    let (_, allowed_child) = run(&agent, &[]);
+    d.seen("exec", allowed_child);
+    let f = d.stop();
+    assert!(
+        f.of_pid(allowed_child).is_empty(),
+        "the real agent's tool alerted"
+    );
+    assert_eq!(f.count("allowed", "anydesk"), 1, "{}", f.detection);
+}
+
 /// The allowlist applies to every alert of a process, its connects included. The helper
 /// exits right after connecting (see
 /// `network_alerts_of_short_lived_processes_carry_the_process_context`).
