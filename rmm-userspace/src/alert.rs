@@ -90,7 +90,10 @@ pub struct Technique {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProcessRef {
     pub pid: u32,
+    /// Absent rather than empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub executable: String,
 }
 
@@ -102,8 +105,12 @@ pub struct UserRef {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProcessFields {
     pub pid: u32,
+    /// Name, executable and arguments are absent rather than empty when unknown.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub executable: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     pub user: UserRef,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -26,10 +26,12 @@ use crate::{
     catalog::{RuleSources, Rules},
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
-    fault, metrics,
+    fault,
+    merge::{self, Merger},
+    metrics,
     probes::{self, LoadOptions},
     proctable::{ProcTable, SeedReport},
-    reader::{self, Batch},
+    reader,
     sinks::{Deliver, SinkReport, SinkSet, journald, json::JsonSink, syslog},
     stats::{KernelDrops, Snapshot, Stats},
 };
@@ -128,7 +130,7 @@ const STOP_BOUND: Duration = Duration::from_secs(10);
 /// What the processor thread receives: records from a ring, new rules, or a ping from the
 /// main loop that it answers by advancing its heartbeat.
 pub enum Msg {
-    Batch(Batch),
+    Batch(reader::Drained),
     Reload(Arc<Compiled>),
     Ping,
 }
@@ -198,7 +200,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     // The processor and the readers say here when they end; before the stop, that is a death.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<&'static str>();
     let mut readers = Vec::new();
-    for name in [probes::PROC_RING, probes::NET_RING] {
+    for (ring_index, name) in [probes::PROC_RING, probes::NET_RING]
+        .into_iter()
+        .enumerate()
+    {
         let ring = RingBuf::try_from(
             loaded
                 .ebpf
@@ -215,7 +220,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             part: name,
             ended: ended_tx.clone(),
         };
-        let run = reader::run(name, ring, flusher, tx.clone(), opts.poll, stop_rx.clone());
+        let run = reader::run(
+            name,
+            ring,
+            flusher,
+            ring_index,
+            tx.clone(),
+            opts.poll,
+            stop_rx.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let _guard = guard;
             run.await
@@ -227,6 +240,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     // then applies events.
     let proc_stats = stats.clone();
     let events = opts.events;
+    let poll = opts.poll;
     let (seeded_tx, seeded_rx) = tokio::sync::oneshot::channel();
     let proc_sinks = sinks.clone();
     let proc_sources = sources.clone();
@@ -249,6 +263,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 proc_sources,
                 seeded_tx,
                 &proc_heartbeat,
+                poll,
             )
         })
         .context("starting the processor thread")?;
@@ -385,13 +400,18 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             continue;
         };
         match joined {
-            Ok(Ok(s)) => log::debug!(
-                "reader {} read {} records ({} stage flushes, {} failed)",
-                s.name,
-                s.records,
-                s.flushes,
-                s.flush_errors
-            ),
+            Ok(Ok(s)) => {
+                log::debug!(
+                    "reader {} read {} records ({} stage flushes, {} failed)",
+                    s.name,
+                    s.records,
+                    s.flushes,
+                    s.flush_errors
+                );
+                stats
+                    .stage_unflushed_bytes
+                    .fetch_add(s.unflushed_bytes, Relaxed);
+            }
             Ok(Err(e)) => failures.push(format!("reader failed: {e:#}")),
             Err(e) => failures.push(format!("reader task panicked: {e}")),
         }
@@ -523,6 +543,7 @@ fn process(
     sources: Arc<metrics::Sources>,
     seeded: tokio::sync::oneshot::Sender<Seeded>,
     heartbeat: &AtomicU64,
+    poll: Duration,
 ) -> Result<DetectStats> {
     // A local, dropped before the parameters: the end is announced before `rx` closes, so the
     // readers, which stop when it closes, are never taken for the part that died.
@@ -550,34 +571,38 @@ fn process(
     // one nor split its lines.
     let mut out: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut reload = None;
-    while let Some(msg) = rx.blocking_recv() {
-        heartbeat.fetch_add(1, Relaxed);
-        let mut batch = match msg {
-            Msg::Batch(b) => b,
-            Msg::Reload(c) => {
-                detector.reload(c);
-                continue;
-            }
-            Msg::Ping => continue,
-        };
-        // The two rings are read by separate readers: take every batch already waiting and
-        // order the records by kernel time, so that a process's exec is applied before its
-        // connects and its exit after them.
-        while let Ok(more) = rx.try_recv() {
-            match more {
-                Msg::Batch(b) => batch.extend(b),
-                Msg::Reload(c) => {
-                    reload = Some(c);
-                    break;
-                }
-                Msg::Ping => {
-                    heartbeat.fetch_add(1, Relaxed);
-                }
+    // Records wait here until both rings have been read past them (see `merge`), at most a
+    // few poll periods.
+    let hold = (poll * 4 + Duration::from_millis(100)).as_nanos() as u64;
+    let mut merger = Merger::new(hold, MAX_HELD_RECORDS);
+    let mut ready = Vec::new();
+    let mut open = true;
+    // Lost process records leave the table wrong (a lost exit leaks an entry, a lost fork or
+    // exec hides a process): when the kernel counts new ones, the table is reconciled with
+    // /proc, at most once per RECONCILE_EVERY.
+    let mut proc_lost = sources.drops.process_records_lost();
+    let mut last_reconcile = std::time::Instant::now();
+    while open {
+        match rx.blocking_recv() {
+            Some(msg) => receive(msg, &mut merger, &mut reload, heartbeat),
+            None => open = false,
+        }
+        // Take what else is waiting, up to a reload (applied between two batches).
+        while open && reload.is_none() {
+            match rx.try_recv() {
+                Ok(msg) => receive(msg, &mut merger, &mut reload, heartbeat),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        batch.sort_by_key(|r| decode::record_ts(r));
-        for record in &batch {
-            match decode::decode(record) {
+        if open {
+            merger.release(merge::kernel_now_ns(), &mut ready);
+        } else {
+            // Every reader has sent its last drain.
+            merger.release_all(&mut ready);
+        }
+        for record in ready.drain(..) {
+            match decode::decode(&record) {
                 Ok(ev) => {
                     fault.on_event(&ev)?;
                     stats.event(ev.kind());
@@ -605,10 +630,57 @@ fn process(
         if let Some(c) = reload.take() {
             detector.reload(c);
         }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            last_reconcile = std::time::Instant::now();
+            let lost = sources.drops.process_records_lost();
+            if lost > proc_lost {
+                proc_lost = lost;
+                reconcile(&mut table, &stats);
+            }
+        }
+        stats.records_late.store(merger.late, Relaxed);
+        stats.records_forced.store(merger.forced, Relaxed);
         // Published once per batch, not per event.
         publish(&sources, &detector, &table);
     }
     Ok(detector.stats)
+}
+
+/// Records held for ordering at most (the oldest go past it); a record is a few hundred bytes.
+const MAX_HELD_RECORDS: usize = 65_536;
+
+/// How often at most the process table is reconciled with /proc after lost records.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+fn reconcile(table: &mut ProcTable, stats: &Stats) {
+    match table.reconcile(Path::new("/proc")) {
+        Ok(r) => {
+            stats.reconciles.fetch_add(1, Relaxed);
+            stats.reconciled_gone.fetch_add(r.gone, Relaxed);
+            stats.reconciled_added.fetch_add(r.added, Relaxed);
+            log::warn!(
+                "process records were lost: the process table was reconciled with /proc ({} exited unseen, {} found)",
+                r.gone,
+                r.added
+            );
+        }
+        Err(e) => log::warn!("process records were lost and /proc could not be read: {e}"),
+    }
+}
+
+/// Takes one message into the processor's state.
+fn receive(
+    msg: Msg,
+    merger: &mut Merger,
+    reload: &mut Option<Arc<Compiled>>,
+    heartbeat: &AtomicU64,
+) {
+    heartbeat.fetch_add(1, Relaxed);
+    match msg {
+        Msg::Batch(d) => merger.push(d.ring, d.records, d.read_to),
+        Msg::Reload(c) => *reload = Some(c),
+        Msg::Ping => {}
+    }
 }
 
 /// Makes the processor's counters visible to the metrics endpoint and the status line.

@@ -153,19 +153,19 @@ pub struct Detector {
     containers: Containers,
     pods: Pods,
     hostname: String,
-    /// Wall-clock nanoseconds minus CLOCK_MONOTONIC nanoseconds, to date kernel timestamps.
-    wall_offset_ns: i128,
     pub stats: DetectStats,
 }
 
-fn monotonic_ns() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+/// The wall-clock time of kernel time `ts_ns` (0: now). The offset between the two clocks is
+/// taken at each alert, not once at start: a clock step (NTP, an operator) or a suspend, which
+/// stops CLOCK_MONOTONIC, would otherwise shift every later alert's `@timestamp`.
+fn wall_time_ns(ts_ns: u64) -> u128 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let now = crate::merge::kernel_now_ns();
+    let ts = if ts_ns == 0 { now } else { ts_ns };
+    (wall - (i128::from(now) - i128::from(ts))).max(0) as u128
 }
 
 /// `host.hostname`: `$RMM_HOSTNAME` when set (in a Kubernetes pod the UTS name is the pod's:
@@ -181,6 +181,22 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
+#[cfg(test)]
+#[test]
+fn a_kernel_time_is_dated_by_the_clocks_now() {
+    let now = crate::merge::kernel_now_ns();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos();
+    let a_second_ago = wall_time_ns(now - 1_000_000_000);
+    let diff = wall as i128 - a_second_ago as i128;
+    assert!(
+        (900_000_000..1_500_000_000).contains(&diff),
+        "a second ago is {diff} ns before now"
+    );
+}
+
 /// What the alert is about, beyond the process.
 struct Subject<'a> {
     action: Action,
@@ -193,10 +209,6 @@ struct Subject<'a> {
 
 impl Detector {
     pub fn new(compiled: Arc<Compiled>) -> Detector {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
         Detector {
             compiled,
             dedup: HashMap::new(),
@@ -205,7 +217,6 @@ impl Detector {
             containers: Containers::default(),
             pods: Pods::default(),
             hostname: hostname(),
-            wall_offset_ns: wall - monotonic_ns(),
             stats: DetectStats::default(),
         }
     }
@@ -511,11 +522,7 @@ impl Detector {
             .map(|t| t.comm.clone())
             .or(proc_.map(|p| p.comm.clone()))
             .unwrap_or_default();
-        let epoch_ns = if ts_ns == 0 {
-            (self.wall_offset_ns + monotonic_ns()).max(0) as u128
-        } else {
-            (self.wall_offset_ns + ts_ns as i128).max(0) as u128
-        };
+        let epoch_ns = wall_time_ns(ts_ns);
         *self.stats.alerts.entry(tool.id.clone()).or_default() += 1;
         let pref = |p: &Proc| ProcessRef {
             pid: p.pid,

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod fault;
 pub mod features;
 pub mod matcher;
+pub mod merge;
 pub mod metrics;
 pub mod probes;
 pub mod proctable;

@@ -499,12 +499,13 @@ fn check_flush(ebpf: &mut Ebpf) -> Result<()> {
         .map_err(|e| anyhow::Error::new(e).context(format!("loading {FLUSH_PROGRAM}")))?;
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() }.max(0) as u32;
-    run_on_cpu(p.fd()?.as_fd(), cpu)
+    run_on_cpu(p.fd()?.as_fd(), cpu).map(|_| ())
 }
 
 /// Runs a raw tracepoint program once on `cpu` (`BPF_PROG_TEST_RUN` with
-/// `BPF_F_TEST_RUN_ON_CPU`); the call returns once it has run there.
-pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<()> {
+/// `BPF_F_TEST_RUN_ON_CPU`); the call returns once it has run there, with the program's
+/// return value.
+pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<u32> {
     /// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
     #[repr(C)]
     #[derive(Default)]
@@ -528,7 +529,7 @@ pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<()> {
     }
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
-    let attr = TestRunAttr {
+    let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         flags: BPF_F_TEST_RUN_ON_CPU,
         cpu,
@@ -540,7 +541,7 @@ pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &raw const attr,
+            &raw mut attr,
             std::mem::size_of::<TestRunAttr>(),
         )
     };
@@ -550,7 +551,7 @@ pub fn run_on_cpu(prog: BorrowedFd<'_>, cpu: u32) -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    Ok(())
+    Ok(attr.retval)
 }
 
 /// Adds what to do when the failure is a missing privilege.

@@ -1,8 +1,15 @@
 //! The process table: seeded from /proc once the probes are attached, then kept current by
-//! exec, fork and exit events (no polling).
+//! exec, fork and exit events (no polling), and reconciled with /proc when the kernel reports
+//! lost process records.
+//!
+//! Lineage follows the process that created each one (its fork), not the parent the kernel
+//! names at exec: a double fork or `setsid` reparents to init or a subreaper, and
+//! `(sleep 3; anydesk) &` under a web server must still show the web server. Each entry has an
+//! identity of its own (`id`), so that a parent is found again after its pid was reused, and an
+//! exited process stays (by identity) while processes it created are in the table.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fs, io,
     path::Path,
 };
@@ -14,6 +21,8 @@ use crate::decode::Event;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Proc {
     pub pid: u32,
+    /// The process that created this one (at its fork); for a process first seen at its exec or
+    /// in /proc, the parent the kernel named then.
     pub ppid: u32,
     pub uid: u32,
     pub comm: String,
@@ -25,6 +34,17 @@ pub struct Proc {
     pub exe_exact: bool,
     pub args: Vec<String>,
     pub cgroup_id: u64,
+    /// This entry's identity in the table (never reused), and its creator's (0: unknown).
+    #[serde(skip)]
+    pub id: u64,
+    #[serde(skip)]
+    pub parent_id: u64,
+    /// Kernel time of what this entry shows: the event that set it, or the /proc read.
+    #[serde(skip)]
+    seen_ns: u64,
+    /// Read from /proc: a buffered record older than `seen_ns` is stale for it.
+    #[serde(skip)]
+    from_proc: bool,
 }
 
 /// Exec flags that make the executable path inexact (see [`Proc::exe_exact`]).
@@ -46,19 +66,39 @@ pub struct SeedReport {
     pub unreadable: u64,
 }
 
+/// What a reconciliation with /proc changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    /// Processes in the table that /proc no longer has (their exit was lost).
+    pub gone: u64,
+    /// Processes in /proc that the table lacked (their fork or exec was lost).
+    pub added: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct ProcTable {
+    /// The current entry of each pid, alive or exited (a tombstone).
     procs: HashMap<u32, Proc>,
     /// Exited processes, oldest first: (exit time, pid). They stay visible for
-    /// [`EXIT_GRACE_NS`] so that connect and DNS events from the other ring buffer, which may be
-    /// processed after the exit, still find their process.
+    /// [`EXIT_GRACE_NS`] so that events processed after the exit still find their process.
     exited: VecDeque<(u64, u32)>,
     /// Pids whose current entry is a tombstone, with its exit time.
     tombstones: HashMap<u32, u64>,
+    /// Exited processes past their grace period (or whose pid was reused) that processes in
+    /// the table descend from, by identity.
+    kept: HashMap<u64, Proc>,
+    /// Entries (current or kept) created by each identity.
+    children: HashMap<u64, u32>,
+    next_id: u64,
+    /// Exited ancestors not kept because [`MAX_KEPT`] were (the lineage of their descendants
+    /// ends there).
+    pub kept_refused: u64,
 }
 
 /// How long an exited process stays in the table (kernel time).
 pub const EXIT_GRACE_NS: u64 = 2_000_000_000;
+/// Most exited ancestors kept.
+pub const MAX_KEPT: usize = 65_536;
 
 impl ProcTable {
     /// Processes alive (exited ones kept for the grace period are not counted).
@@ -70,6 +110,11 @@ impl ProcTable {
         self.procs.is_empty()
     }
 
+    /// Exited processes kept as ancestors of processes in the table.
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Proc> {
         self.procs.values()
     }
@@ -78,23 +123,80 @@ impl ProcTable {
         self.procs.get(&pid)
     }
 
-    /// Up to `n` ancestors of `pid`, parent first.
+    /// The process that created `p`, if the table still knows it.
+    fn parent_of(&self, p: &Proc) -> Option<&Proc> {
+        if p.ppid == 0 || p.ppid == p.pid {
+            return None;
+        }
+        if p.parent_id == 0 {
+            return self.procs.get(&p.ppid);
+        }
+        self.procs
+            .get(&p.ppid)
+            .filter(|q| q.id == p.parent_id)
+            .or_else(|| self.kept.get(&p.parent_id))
+    }
+
+    /// Up to `n` ancestors of `pid`, creator first.
     pub fn ancestors(&self, pid: u32, n: usize) -> Vec<&Proc> {
         let mut out = Vec::new();
-        let mut cur = self.procs.get(&pid).map(|p| p.ppid);
-        while let Some(ppid) = cur {
-            if out.len() == n || ppid == 0 {
+        let mut cur = self.procs.get(&pid);
+        while let Some(p) = cur {
+            if out.len() == n {
                 break;
             }
-            match self.procs.get(&ppid) {
-                Some(p) => {
-                    out.push(p);
-                    cur = Some(p.ppid);
-                }
-                None => break,
+            cur = self.parent_of(p);
+            if let Some(q) = cur {
+                out.push(q);
             }
         }
         out
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Makes `p` the current entry of its pid; the one it replaces leaves the table.
+    fn insert(&mut self, p: Proc) {
+        if p.parent_id != 0 {
+            *self.children.entry(p.parent_id).or_default() += 1;
+        }
+        if let Some(old) = self.procs.insert(p.pid, p) {
+            self.retire(old);
+        }
+    }
+
+    /// An entry that is no longer current: kept while it has children, dropped otherwise.
+    fn retire(&mut self, old: Proc) {
+        if self.children.get(&old.id).copied().unwrap_or(0) > 0 {
+            if self.kept.len() < MAX_KEPT {
+                self.kept.insert(old.id, old);
+                return;
+            }
+            self.kept_refused += 1;
+        }
+        self.release(old.parent_id);
+    }
+
+    /// One entry created by `parent` is gone: an exited parent left with no children goes too,
+    /// and so on up the lineage.
+    fn release(&mut self, mut parent: u64) {
+        while parent != 0 {
+            let Some(n) = self.children.get_mut(&parent) else {
+                return;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            self.children.remove(&parent);
+            match self.kept.remove(&parent) {
+                Some(p) => parent = p.parent_id,
+                None => return,
+            }
+        }
     }
 
     /// Reads every process under `proc_root` (normally `/proc`). A process that disappears
@@ -113,10 +215,12 @@ impl ProcTable {
             else {
                 continue;
             };
+            let seen = crate::merge::kernel_now_ns();
             match read_proc(&entry.path(), pid) {
-                Ok(p) => {
-                    // An event applied later is newer than what /proc showed.
-                    self.procs.entry(pid).or_insert(p);
+                Ok(mut p) => {
+                    p.id = self.new_id();
+                    p.seen_ns = seen;
+                    self.insert(p);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => report.vanished += 1,
                 Err(e) => {
@@ -125,38 +229,130 @@ impl ProcTable {
                 }
             }
         }
+        self.link_seeded();
         report.processes = self.procs.len();
         Ok(report)
     }
 
-    /// Applies an event. Exec replaces what is known (the kernel's view is authoritative);
-    /// fork adds the child unless /proc already showed it (it may have exec'd since); exit
-    /// removes the process.
+    /// Gives the processes read from /proc their parents' identities.
+    fn link_seeded(&mut self) {
+        let links: Vec<(u32, u64)> = self
+            .procs
+            .values()
+            .filter(|p| p.from_proc && p.parent_id == 0 && p.ppid != p.pid)
+            .filter_map(|p| Some((p.pid, self.procs.get(&p.ppid)?.id)))
+            .collect();
+        for (pid, parent) in links {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.parent_id = parent;
+                *self.children.entry(parent).or_default() += 1;
+            }
+        }
+    }
+
+    /// Brings the table in line with `proc_root` after lost process records: processes it
+    /// has that /proc lacks exited (their exit is recorded now), and processes /proc has that
+    /// it lacks are read.
+    pub fn reconcile(&mut self, proc_root: &Path) -> io::Result<Reconciled> {
+        let mut present = HashSet::new();
+        for entry in fs::read_dir(proc_root)?.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                present.insert(pid);
+            }
+        }
+        let now = crate::merge::kernel_now_ns();
+        let mut done = Reconciled::default();
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .filter(|pid| !present.contains(*pid) && !self.tombstones.contains_key(*pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            self.tombstones.insert(pid, now);
+            self.exited.push_back((now, pid));
+            done.gone += 1;
+        }
+        for pid in present {
+            if self.procs.contains_key(&pid) && !self.tombstones.contains_key(&pid) {
+                continue;
+            }
+            if let Ok(mut p) = read_proc(&proc_root.join(pid.to_string()), pid) {
+                p.id = self.new_id();
+                p.seen_ns = now;
+                self.tombstones.remove(&pid);
+                self.insert(p);
+                done.added += 1;
+            }
+        }
+        self.link_seeded();
+        Ok(done)
+    }
+
+    /// Applies an event. An exec keeps the process's identity and creator and takes the new
+    /// image; a fork makes a new process that inherits its creator's image, arguments and
+    /// cgroup, replacing whatever had the pid before; an exit makes a tombstone. A record older
+    /// than what /proc showed for the pid is stale and ignored.
     pub fn apply(&mut self, ev: &Event) {
-        self.sweep(event_ts(ev));
+        let ts = event_ts(ev);
+        self.sweep(ts);
         match ev {
             Event::Exec(e) => {
-                self.tombstones.remove(&e.task.pid);
-                self.procs.insert(
-                    e.task.pid,
-                    Proc {
-                        pid: e.task.pid,
-                        ppid: e.ppid,
-                        uid: e.task.uid,
-                        comm: e.task.comm.clone(),
-                        executable: e.executable.clone(),
-                        exe_exact: e.executable.starts_with('/')
-                            && !e.flags.iter().any(|f| INEXACT.contains(f)),
-                        args: e.args.clone(),
-                        cgroup_id: e.task.cgroup_id,
-                    },
-                );
+                let pid = e.task.pid;
+                let exe_exact =
+                    e.executable.starts_with('/') && !e.flags.iter().any(|f| INEXACT.contains(f));
+                if self.stale(pid, ts) {
+                    return;
+                }
+                if !self.tombstones.contains_key(&pid)
+                    && let Some(p) = self.procs.get_mut(&pid)
+                {
+                    p.uid = e.task.uid;
+                    p.comm.clone_from(&e.task.comm);
+                    p.executable.clone_from(&e.executable);
+                    p.exe_exact = exe_exact;
+                    p.args.clone_from(&e.args);
+                    p.cgroup_id = e.task.cgroup_id;
+                    p.seen_ns = ts;
+                    p.from_proc = false;
+                    return;
+                }
+                // First seen at its exec (its fork was before the start, or lost).
+                self.tombstones.remove(&pid);
+                let parent_id = self
+                    .procs
+                    .get(&e.ppid)
+                    .filter(|_| !self.tombstones.contains_key(&e.ppid))
+                    .map_or(0, |q| q.id);
+                let p = Proc {
+                    pid,
+                    ppid: e.ppid,
+                    uid: e.task.uid,
+                    comm: e.task.comm.clone(),
+                    executable: e.executable.clone(),
+                    exe_exact,
+                    args: e.args.clone(),
+                    cgroup_id: e.task.cgroup_id,
+                    id: self.new_id(),
+                    parent_id,
+                    seen_ns: ts,
+                    from_proc: false,
+                };
+                self.insert(p);
             }
             Event::Fork(f) => {
+                if self.stale(f.child_pid, ts) {
+                    return;
+                }
+                let id = self.new_id();
                 let child = match self.procs.get(&f.task.pid) {
                     Some(parent) => Proc {
                         pid: f.child_pid,
                         ppid: parent.pid,
+                        id,
+                        parent_id: parent.id,
+                        seen_ns: ts,
+                        from_proc: false,
                         ..parent.clone()
                     },
                     None => Proc {
@@ -168,27 +364,37 @@ impl ProcTable {
                         exe_exact: false,
                         args: Vec::new(),
                         cgroup_id: f.task.cgroup_id,
+                        id,
+                        parent_id: 0,
+                        seen_ns: ts,
+                        from_proc: false,
                     },
                 };
-                // A tombstone of an earlier process with the same pid is replaced.
-                if self.tombstones.remove(&f.child_pid).is_some() {
-                    self.procs.remove(&f.child_pid);
-                }
-                self.procs.entry(f.child_pid).or_insert(child);
+                self.tombstones.remove(&f.child_pid);
+                self.insert(child);
             }
             Event::Exit(x) => {
-                if self.procs.contains_key(&x.task.pid) {
-                    self.tombstones.insert(x.task.pid, x.task.ts_ns);
-                    self.exited.push_back((x.task.ts_ns, x.task.pid));
+                let pid = x.task.pid;
+                if self.stale(pid, ts) {
+                    return;
+                }
+                if self.procs.contains_key(&pid) && !self.tombstones.contains_key(&pid) {
+                    self.tombstones.insert(pid, ts);
+                    self.exited.push_back((ts, pid));
                 }
             }
             Event::Connect(_) | Event::Dns(_) | Event::DnsAnswer(_) => {}
         }
     }
-}
 
-impl ProcTable {
-    /// Removes processes that exited more than [`EXIT_GRACE_NS`] before `now_ns`, unless the
+    /// A record of `pid` from before /proc was read for it: /proc showed what came after.
+    fn stale(&self, pid: u32, ts: u64) -> bool {
+        self.procs
+            .get(&pid)
+            .is_some_and(|p| p.from_proc && ts != 0 && ts < p.seen_ns)
+    }
+
+    /// Retires processes that exited more than [`EXIT_GRACE_NS`] before `now_ns`, unless the
     /// pid has been reused since (its tombstone is gone or newer).
     fn sweep(&mut self, now_ns: u64) {
         while let Some(&(t, pid)) = self.exited.front() {
@@ -198,7 +404,9 @@ impl ProcTable {
             self.exited.pop_front();
             if self.tombstones.get(&pid) == Some(&t) {
                 self.tombstones.remove(&pid);
-                self.procs.remove(&pid);
+                if let Some(old) = self.procs.remove(&pid) {
+                    self.retire(old);
+                }
             }
         }
     }
@@ -255,6 +463,10 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
         exe_exact,
         args,
         cgroup_id: 0,
+        id: 0,
+        parent_id: 0,
+        seen_ns: 0,
+        from_proc: true,
     })
 }
 
@@ -385,6 +597,122 @@ mod tests {
             child_pid: 10,
         }));
         assert!(t.alive(9), "the new process with the reused pid stays");
+    }
+
+    fn exec_ev(pid: u32, ppid: u32, exe: &str, ts: u64) -> Event {
+        let mut t = task(pid);
+        t.ts_ns = ts;
+        Event::Exec(Exec {
+            task: t,
+            ppid,
+            filename: exe.into(),
+            executable: exe.into(),
+            args: vec![exe.into()],
+            args_truncated: false,
+            flags: vec![],
+        })
+    }
+
+    fn fork_ev(parent: u32, child: u32, ts: u64) -> Event {
+        let mut t = task(parent);
+        t.ts_ns = ts;
+        Event::Fork(Fork {
+            task: t,
+            child_pid: child,
+        })
+    }
+
+    fn exit_ev(pid: u32, ts: u64) -> Event {
+        let mut t = task(pid);
+        t.ts_ns = ts;
+        Event::Exit(Exit {
+            task: t,
+            exit_code: 0,
+        })
+    }
+
+    fn chain(t: &ProcTable, pid: u32) -> Vec<String> {
+        t.ancestors(pid, 8)
+            .iter()
+            .map(|p| p.executable.clone())
+            .collect()
+    }
+
+    /// `(sleep 3; anydesk) &` under nginx: the subshell is reparented to init when the shell
+    /// exits, and its exec names init as the parent; the lineage still goes through the shell
+    /// and nginx, which stay (exited) while their descendant lives.
+    #[test]
+    fn lineage_survives_daemonising_and_exited_parents_stay_while_children_live() {
+        let mut t = ProcTable::default();
+        t.apply(&exec_ev(1, 0, "/sbin/init", 1));
+        t.apply(&fork_ev(1, 10, 2));
+        t.apply(&exec_ev(10, 1, "/usr/sbin/nginx", 3));
+        t.apply(&fork_ev(10, 11, 4));
+        t.apply(&exec_ev(11, 10, "/bin/sh", 5));
+        t.apply(&fork_ev(11, 12, 6));
+        t.apply(&exit_ev(11, 7));
+        t.apply(&exit_ev(10, 8));
+        // Long after the grace period: the exec of the orphan names init.
+        let late = 10 * EXIT_GRACE_NS;
+        t.apply(&exec_ev(12, 1, "/tmp/anydesk", late));
+        assert_eq!(
+            chain(&t, 12),
+            vec!["/bin/sh", "/usr/sbin/nginx", "/sbin/init"]
+        );
+        assert_eq!(t.kept(), 2, "the exited shell and nginx");
+        // Their pids are reused: the lineage still finds them by identity.
+        t.apply(&fork_ev(1, 11, late + 1));
+        t.apply(&exec_ev(11, 1, "/usr/bin/other", late + 2));
+        assert_eq!(chain(&t, 12)[0], "/bin/sh");
+        // The descendant goes: so do the kept ancestors.
+        t.apply(&exit_ev(12, late + 3));
+        t.apply(&fork_ev(1, 99, late + 3 * EXIT_GRACE_NS));
+        assert_eq!(t.kept(), 0);
+        assert!(t.children.is_empty() || t.children.values().all(|n| *n > 0));
+    }
+
+    /// A lost exit leaves a stale entry; the next fork of that pid replaces it (the child
+    /// never inherits the stale image), and its children count follows.
+    #[test]
+    fn a_fork_replaces_a_stale_entry_of_its_pid() {
+        let mut t = ProcTable::default();
+        t.apply(&exec_ev(1, 0, "/sbin/init", 1));
+        t.apply(&fork_ev(1, 20, 2));
+        t.apply(&exec_ev(20, 1, "/usr/bin/x11vnc", 3));
+        // The exit of 20 was lost; bash (pid 30) forks a child that gets pid 20.
+        t.apply(&fork_ev(1, 30, 4));
+        t.apply(&exec_ev(30, 1, "/usr/bin/bash", 5));
+        t.apply(&fork_ev(30, 20, 6));
+        let p = t.get(20).expect("the new process");
+        assert_eq!((p.ppid, p.executable.as_str()), (30, "/usr/bin/bash"));
+    }
+
+    /// Records buffered while /proc was read are older than what it showed for their pid.
+    #[test]
+    fn records_older_than_the_proc_read_are_stale() {
+        let mut t = ProcTable::default();
+        t.seed(Path::new("/proc")).expect("/proc readable");
+        let me = std::process::id();
+        let exe = t.get(me).expect("own process").executable.clone();
+        t.apply(&exec_ev(me, 1, "/old/image", 1));
+        t.apply(&exit_ev(me, 2));
+        assert_eq!(t.get(me).map(|p| p.executable.as_str()), Some(exe.as_str()));
+        assert!(t.alive(me));
+        let now = crate::merge::kernel_now_ns();
+        t.apply(&exec_ev(me, 1, "/new/image", now));
+        assert_eq!(t.get(me).map(|p| p.executable.as_str()), Some("/new/image"));
+    }
+
+    #[test]
+    fn reconcile_finds_what_lost_records_hid() {
+        let mut t = ProcTable::default();
+        // A process that is not in /proc (its exit was lost).
+        t.apply(&exec_ev(u32::MAX - 1, 1, "/gone", 1));
+        let r = t.reconcile(Path::new("/proc")).expect("/proc readable");
+        assert_eq!(r.gone, 1);
+        assert!(!t.alive(u32::MAX - 1));
+        assert!(r.added > 1, "every process /proc has was missing: {r:?}");
+        assert!(t.alive(std::process::id()));
     }
 
     #[test]

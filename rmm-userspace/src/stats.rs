@@ -16,6 +16,17 @@ pub struct Stats {
     pub dns_malformed: AtomicU64,
     pub proc_unreadable: AtomicU64,
     pub output_errors: AtomicU64,
+    /// Records the merge of the two rings released after a later one (too late for their
+    /// place), and those it released before both rings were read past them (held too long).
+    pub records_late: AtomicU64,
+    pub records_forced: AtomicU64,
+    /// At the stop: bytes of staged network records on CPUs that could not be flushed.
+    pub stage_unflushed_bytes: AtomicU64,
+    /// Reconciliations of the process table with /proc after lost process records, and what
+    /// they changed.
+    pub reconciles: AtomicU64,
+    pub reconciled_gone: AtomicU64,
+    pub reconciled_added: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -26,6 +37,12 @@ pub struct Snapshot {
     pub dns_malformed: u64,
     pub proc_unreadable: u64,
     pub output_errors: u64,
+    pub records_late: u64,
+    pub records_forced: u64,
+    pub stage_unflushed_bytes: u64,
+    pub reconciles: u64,
+    pub reconciled_gone: u64,
+    pub reconciled_added: u64,
     /// Records the kernel could not deliver, by reason.
     pub kernel_drops: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -55,6 +72,12 @@ impl Stats {
             dns_malformed: self.dns_malformed.load(Relaxed),
             proc_unreadable: self.proc_unreadable.load(Relaxed),
             output_errors: self.output_errors.load(Relaxed),
+            records_late: self.records_late.load(Relaxed),
+            records_forced: self.records_forced.load(Relaxed),
+            stage_unflushed_bytes: self.stage_unflushed_bytes.load(Relaxed),
+            reconciles: self.reconciles.load(Relaxed),
+            reconciled_gone: self.reconciled_gone.load(Relaxed),
+            reconciled_added: self.reconciled_added.load(Relaxed),
             kernel_drops: drops.read(),
         }
     }
@@ -70,18 +93,30 @@ impl KernelDrops {
         KernelDrops { map: Some(map) }
     }
 
+    /// Process records lost (exec, fork and exit together).
+    pub fn process_records_lost(&self) -> u64 {
+        [
+            DropReason::ExecReserve,
+            DropReason::ForkReserve,
+            DropReason::ExitReserve,
+        ]
+        .iter()
+        .map(|r| self.total(*r))
+        .sum()
+    }
+
+    fn total(&self, r: DropReason) -> u64 {
+        self.map
+            .as_ref()
+            .and_then(|m| m.get(&(r as u32), 0).ok())
+            .map(|per_cpu| per_cpu.iter().copied().sum())
+            .unwrap_or(0)
+    }
+
     pub fn read(&self) -> std::collections::BTreeMap<&'static str, u64> {
         DropReason::ALL
             .iter()
-            .map(|r| {
-                let total = self
-                    .map
-                    .as_ref()
-                    .and_then(|m| m.get(&(*r as u32), 0).ok())
-                    .map(|per_cpu| per_cpu.iter().copied().sum())
-                    .unwrap_or(0);
-                (r.name(), total)
-            })
+            .map(|r| (r.name(), self.total(*r)))
             .collect()
     }
 }

@@ -163,8 +163,10 @@ pub fn format_5424(a: &Alert, facility: u8, hostname: &str, pid: u32) -> Result<
         ("rule", a.rule.id.clone()),
         ("technique", a.threat.technique.id.clone()),
         ("pid", a.process.pid.to_string()),
-        ("exe", a.process.executable.clone()),
     ];
+    if !a.process.executable.is_empty() {
+        sd.push(("exe", a.process.executable.clone()));
+    }
     if let Some(d) = &a.destination {
         sd.push(("dst_ip", d.ip.to_string()));
         sd.push(("dst_port", d.port.to_string()));

@@ -59,6 +59,8 @@ fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
         "dns-raw-socket" => cmd_dns_raw_socket(rest),
         "getaddrinfo" => cmd_getaddrinfo(rest),
         "wait-file" => cmd_wait_file(rest),
+        "child" => cmd_child(rest),
+        "connect-exec" => cmd_connect_exec(rest),
         "raw-udp" => cmd_raw_udp(rest),
         other => Err(format!("unknown command {other:?}")),
     }
@@ -861,6 +863,43 @@ fn cmd_getaddrinfo(rest: &[String]) -> Res<()> {
         }
         Some(o) => Err(format!("unknown option {o:?} (then, then-child)")),
     }
+}
+
+/// `child COMMAND ARGS..`: a forked child runs COMMAND without exec (`child=PID`), as a
+/// script's forked worker does: it has its parent's executable and arguments.
+fn cmd_child(rest: &[String]) -> Res<()> {
+    let cmd = arg(rest, 0, "COMMAND")?.to_string();
+    let args = rest[1..].to_vec();
+    let _ = std::io::stdout().flush();
+    fork_exec(move || {
+        let code = match dispatch(&cmd, &args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rmm-probe-helper {cmd} (child): {e}");
+                1
+            }
+        };
+        let _ = std::io::stdout().flush();
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    })
+}
+
+/// `connect-exec ADDR PORT PATH`: a TCP connect to ADDR:PORT, then at once execv(PATH) in
+/// the same process: the connect belongs to the image before the exec.
+fn cmd_connect_exec(rest: &[String]) -> Res<()> {
+    let ip = loopback(arg(rest, 0, "ADDR")?)?;
+    let to = SocketAddr::new(ip, port(arg(rest, 1, "PORT")?)?);
+    let path = cstr(arg(rest, 2, "PATH")?)?;
+    let s = Sock::new(ip, libc::SOCK_STREAM)?;
+    let (ret, e) = s.connect(to);
+    println!("ret={ret}");
+    println!("errno={e}");
+    let _ = std::io::stdout().flush();
+    let argv = [path.as_ptr(), std::ptr::null()];
+    // SAFETY: a valid path and a NULL-terminated argv; on success it does not return.
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    Err(os_err("execv"))
 }
 
 /// `wait-file PATH COMMAND ARGS..`: waits (30 s at most) until PATH exists, then runs COMMAND:

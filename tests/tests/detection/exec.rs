@@ -423,3 +423,43 @@ fn tool_under_a_web_server_has_a_suspicious_parent_chain() {
         .collect();
     assert_eq!(mine.len(), 1, "one alert for the one exec: {mine:?}");
 }
+
+/// `(sleep 3; exec anydesk) &` under nginx: nginx's shell exits at once, the background
+/// subshell is reparented to init (the kernel names init as its parent at the exec, three
+/// seconds later, past the table's grace period for exited processes), and the alert still
+/// goes up through nginx: lineage follows the process that created each one, and an exited
+/// ancestor stays while its descendants live.
+#[test]
+fn a_daemonised_tool_keeps_its_suspicious_ancestor() {
+    root_or_skip!("a_daemonised_tool_keeps_its_suspicious_ancestor");
+    let dir = Daemon::dir("daemonise");
+    let nginx = plant("/bin/bash", dir.path(), "nginx");
+    let anydesk = plant("/bin/true", dir.path(), "anydesk");
+    let ad = path_str(&anydesk).to_owned();
+    let d = Daemon::start_in(dir, &[]);
+    let marker = nonce();
+    let out = Command::new(&nginx)
+        .args(["-c", &format!("( sleep 3; exec {ad} {marker} ) & echo $!")])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("running nginx");
+    assert!(out.status.success(), "{out:?}");
+    let subshell: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the background pid");
+    let a = d.alert_of("exec", subshell);
+    assert_eq!(a["process"]["executable"], ad.as_str(), "{a}");
+    assert!(
+        strs(&a["rmm"]["context"])
+            .iter()
+            .any(|f| f == "suspicious_parent"),
+        "the exited nginx still counts: {a}"
+    );
+    let chain = a["rmm"]["ancestors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ancestors: {a}"));
+    assert_eq!(chain[0]["executable"], path_str(&nginx), "{a}");
+    assert_eq!(chain[1]["pid"], std::process::id(), "{a}");
+    d.stop();
+}

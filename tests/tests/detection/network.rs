@@ -551,6 +551,55 @@ fn network_alerts_of_short_lived_processes_carry_the_process_context() {
     }
 }
 
+/// The two rings are merged in kernel-time order before any table lookup: a forked child's
+/// connect (network ring) is judged after its fork (process ring), so its alert has the
+/// executable, arguments and parent it inherited; a connect made just before an `execve` is
+/// judged against the image that made it, not the new one.
+#[test]
+fn network_records_are_ordered_with_the_process_records_around_them() {
+    root_or_skip!("network_records_are_ordered_with_the_process_records_around_them");
+    let d = Daemon::start("order", &[]);
+    let helper_exe = path_str(helper_bin());
+    for _ in 0..3 {
+        let run = helper(&["child", "connect", "127.0.0.1", "5938"]);
+        let child: u32 = run.get("child").parse().expect("child pid");
+        let a = d.alert_of("connect", child);
+        assert_match(&a, "teamviewer", "port", "tcp/5938", "connect");
+        assert_eq!(a["process"]["executable"], helper_exe, "inherited: {a}");
+        assert_eq!(
+            strs(&a["process"]["args"]),
+            vec![helper_exe, "child", "connect", "127.0.0.1", "5938"],
+            "inherited: {a}"
+        );
+        assert_eq!(
+            a["process"]["parent"]["pid"], run.pid,
+            "the forking parent: {a}"
+        );
+        assert_eq!(a["process"]["parent"]["executable"], helper_exe, "{a}");
+
+        let dir = rmm_tests::TempDir::new("order-exec");
+        let next = dir.copy_executable("/bin/true", "next-image");
+        let run = rmm_tests::run_bounded(
+            helper_bin(),
+            &["connect-exec", "127.0.0.1", "5938", path_str(&next)],
+        );
+        run.assert_success();
+        let a = d.alert_of("connect", run.pid);
+        assert_eq!(
+            a["process"]["executable"], helper_exe,
+            "the image that connected, not the one exec'd after: {a}"
+        );
+    }
+    let f = d.stop();
+    // Counted, not asserted zero: a program preempted between its clock read and its write
+    // can come late on a loaded machine.
+    println!(
+        "records late: {}, released early: {}",
+        f.stopped.stat("/records_late"),
+        f.stopped.stat("/records_forced")
+    );
+}
+
 /// A rules reload (SIGHUP, which is also logrotate's reopen) between a vendor lookup and the
 /// connect that follows it keeps the correlation: the connect is still tagged.
 #[test]
