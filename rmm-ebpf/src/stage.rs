@@ -67,7 +67,8 @@ static STAGES: PerCpuArray<Stage> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static STAGED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// A record being written into a stage.
+/// A record being written into a stage. The stage is held while the slot lives: dropping it,
+/// committed or not, releases the stage, so no return path can leave it taken.
 pub struct Slot {
     stage: *mut Stage,
     /// Offset of the record's length prefix in `data`.
@@ -119,8 +120,8 @@ impl Slot {
         }
     }
 
-    /// Keeps the first `len` bytes of the record and releases the stage. `drop_as`: what the
-    /// record counts as if the ring refuses the stage.
+    /// Keeps the first `len` bytes of the record; the stage is released when `self` drops.
+    /// `drop_as`: what the record counts as if the ring refuses the stage.
     #[inline(always)]
     pub fn commit(self, len: usize, drop_as: DropReason) {
         // SAFETY: the stage is ours until `busy` is cleared below.
@@ -131,7 +132,14 @@ impl Slot {
         st.len = end as u32;
         st.counts[drop_index(drop_as)] += 1;
         set_staged(end as u32);
-        give(&raw mut st.busy);
+    }
+}
+
+impl Drop for Slot {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: the stage is this CPU's, held by this slot.
+        give(unsafe { &raw mut (*self.stage).busy });
     }
 }
 

@@ -1,10 +1,11 @@
 //! Context that raises an alert's severity: a suspicious ancestor, an executable in a temp or
 //! download directory, an executable no package owns, a process inside a container.
 
+pub use crate::packages::PackageDb;
+
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -142,78 +143,6 @@ fn path_globs(
         );
     }
     b.build().with_context(|| format!("compiling {key}"))
-}
-
-/// Answers "does a Debian package own this file?" from dpkg's file lists, lazily, with a cache.
-#[derive(Debug)]
-pub struct PackageDb {
-    info_dir: PathBuf,
-    cache: HashMap<String, Option<bool>>,
-}
-
-impl Default for PackageDb {
-    fn default() -> Self {
-        PackageDb::new(Path::new("/var/lib/dpkg/info"))
-    }
-}
-
-const PACKAGE_CACHE_MAX: usize = 4096;
-
-impl PackageDb {
-    pub fn new(info_dir: &Path) -> PackageDb {
-        PackageDb {
-            info_dir: info_dir.to_owned(),
-            cache: HashMap::new(),
-        }
-    }
-
-    /// `None` when there is no dpkg database to ask (another distribution).
-    pub fn owned(&mut self, path: &str) -> Option<bool> {
-        if path.is_empty() || !path.starts_with('/') {
-            return None;
-        }
-        if let Some(v) = self.cache.get(path) {
-            return *v;
-        }
-        let v = self.lookup(path);
-        if self.cache.len() >= PACKAGE_CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(path.to_owned(), v);
-        v
-    }
-
-    fn lookup(&self, path: &str) -> Option<bool> {
-        let entries = fs::read_dir(&self.info_dir).ok()?;
-        // With merged /usr, dpkg may list /bin/x for what the kernel resolves as /usr/bin/x.
-        let mut wanted = vec![path.to_owned()];
-        if let Some(rest) = path.strip_prefix("/usr") {
-            if ["/bin/", "/sbin/", "/lib/", "/lib64/"]
-                .iter()
-                .any(|p| rest.starts_with(p))
-            {
-                wanted.push(rest.to_owned());
-            }
-        } else if ["/bin/", "/sbin/", "/lib/", "/lib64/"]
-            .iter()
-            .any(|p| path.starts_with(p))
-        {
-            wanted.push(format!("/usr{path}"));
-        }
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_none_or(|x| x != "list") {
-                continue;
-            }
-            let Ok(f) = fs::File::open(&p) else { continue };
-            for line in BufReader::new(f).lines().map_while(Result::ok) {
-                if wanted.contains(&line) {
-                    return Some(true);
-                }
-            }
-        }
-        Some(false)
-    }
 }
 
 /// Finds the cgroup of a process and the container id in it.
@@ -537,32 +466,6 @@ mod tests {
         assert!(s.is_suspicious_parent("sshd") && !s.is_suspicious_parent("nginx"));
         assert!(s.in_temp_dir("/scratch/a") && !s.in_temp_dir("/tmp/a"));
         assert_eq!(s.dedup_window, Duration::from_secs(7));
-    }
-
-    #[test]
-    fn package_ownership_from_dpkg_lists() {
-        let dir = std::env::temp_dir().join(format!("rmm-dpkg-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(
-            dir.join("coreutils.list"),
-            "/.\n/bin\n/bin/true\n/usr/share/doc/x\n",
-        )
-        .expect("write");
-        fs::write(dir.join("coreutils.md5sums"), "/tmp/x/anydesk\n").expect("write");
-        let mut db = PackageDb::new(&dir);
-        assert_eq!(db.owned("/bin/true"), Some(true));
-        assert_eq!(db.owned("/usr/bin/true"), Some(true), "merged /usr");
-        assert_eq!(
-            db.owned("/tmp/x/anydesk"),
-            Some(false),
-            "only .list files count"
-        );
-        assert_eq!(db.owned("relative"), None);
-        assert_eq!(
-            PackageDb::new(Path::new("/nonexistent")).owned("/bin/true"),
-            None
-        );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

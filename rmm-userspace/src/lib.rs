@@ -16,6 +16,7 @@ pub mod features;
 pub mod matcher;
 pub mod merge;
 pub mod metrics;
+pub mod packages;
 pub mod probes;
 pub mod proctable;
 pub mod reader;
