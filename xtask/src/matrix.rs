@@ -454,21 +454,32 @@ fn guest_script(bins: &Binaries, envs: &[(&str, &Path)], results: &Path, all: bo
 
 /// Runs `cmd` until it exits or `deadline` passes (then kills it); the output goes to `log`.
 fn run_bounded(cmd: &mut Command, log: &Path, deadline: Duration) -> Result<bool> {
+    use std::os::unix::process::CommandExt;
     let out = fs::File::create(log)?;
     let err = out.try_clone()?;
+    // A process group of its own: vng starts virtme-run, which starts qemu; stopping vng alone
+    // would leave the guest running (and eating the CPUs of every later guest).
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
+    let group = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: kill(2) on the process group this function created.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
     let started = Instant::now();
     loop {
         if child.try_wait()?.is_some() {
+            // Whatever the guest's launcher left behind goes with it.
+            kill_group();
             return Ok(true);
         }
         if started.elapsed() > deadline {
-            let _ = child.kill();
+            kill_group();
             let _ = child.wait();
             return Ok(false);
         }
