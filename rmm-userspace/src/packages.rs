@@ -131,10 +131,7 @@ impl PackageDb {
             log::debug!("dpkg file lists re-read: {} paths", new.paths.len());
             self.index = Some(Arc::new(new));
         }
-        if self
-            .last_check
-            .is_some_and(|t| t.elapsed() < RECHECK_EVERY)
-        {
+        if self.last_check.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
             return;
         }
         self.last_check = Some(Instant::now());
@@ -196,7 +193,11 @@ mod tests {
             .and_then(|d| d.set_modified(later))
             .expect("touching the directory");
         db.last_check = None;
-        assert_eq!(db.owned("/usr/bin/x11vnc"), Some(false), "the old index answers");
+        assert_eq!(
+            db.owned("/usr/bin/x11vnc"),
+            Some(false),
+            "the old index answers"
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while db.owned("/usr/bin/x11vnc") != Some(true) {
             assert!(Instant::now() < deadline, "the new list was never read");
