@@ -511,47 +511,22 @@ mod tests {
     #[test]
     fn fork_exec_exit_and_ancestors() {
         let mut t = ProcTable::default();
-        let exec = |pid, ppid, exe: &str| {
-            Event::Exec(Exec {
-                task: task(pid),
-                ppid,
-                filename: exe.into(),
-                executable: exe.into(),
-                args: vec![exe.into()],
-                args_truncated: false,
-                flags: vec![],
-            })
-        };
-        t.apply(&exec(1, 0, "/sbin/init"));
-        t.apply(&Event::Fork(Fork {
-            task: task(1),
-            child_pid: 2,
-        }));
+        t.apply(&exec_ev(1, 0, "/sbin/init", 0));
+        t.apply(&fork_ev(1, 2, 0));
         assert_eq!(
             t.get(2).map(|p| (p.ppid, p.executable.as_str())),
             Some((1, "/sbin/init"))
         );
-        t.apply(&exec(2, 1, "/bin/sh"));
-        t.apply(&Event::Fork(Fork {
-            task: task(2),
-            child_pid: 3,
-        }));
-        t.apply(&exec(3, 2, "/usr/bin/x11vnc"));
+        t.apply(&exec_ev(2, 1, "/bin/sh", 0));
+        t.apply(&fork_ev(2, 3, 0));
+        t.apply(&exec_ev(3, 2, "/usr/bin/x11vnc", 0));
         let chain: Vec<u32> = t.ancestors(3, 4).iter().map(|p| p.pid).collect();
         assert_eq!(chain, vec![2, 1]);
-        t.apply(&Event::Exit(Exit {
-            task: task(3),
-            exit_code: 0,
-        }));
+        t.apply(&exit_ev(3, 0));
         // Still visible for events of the other ring that are processed after the exit.
         assert!(t.get(3).is_some() && !t.alive(3));
         assert_eq!(t.len(), 2);
-        let mut later = task(1);
-        later.ts_ns = EXIT_GRACE_NS + 1;
-        t.apply(&Event::Fork(Fork {
-            task: later,
-            child_pid: 4,
-        }));
+        t.apply(&fork_ev(1, 4, EXIT_GRACE_NS + 1));
         assert!(t.get(3).is_none(), "gone after the grace period");
         assert_eq!(t.len(), 3);
     }
@@ -577,25 +552,11 @@ mod tests {
     #[test]
     fn a_reused_pid_replaces_the_tombstone_and_survives_its_sweep() {
         let mut t = ProcTable::default();
-        t.apply(&Event::Fork(Fork {
-            task: task(1),
-            child_pid: 9,
-        }));
-        t.apply(&Event::Exit(Exit {
-            task: task(9),
-            exit_code: 0,
-        }));
-        t.apply(&Event::Fork(Fork {
-            task: task(1),
-            child_pid: 9,
-        }));
+        t.apply(&fork_ev(1, 9, 0));
+        t.apply(&exit_ev(9, 0));
+        t.apply(&fork_ev(1, 9, 0));
         assert!(t.alive(9));
-        let mut later = task(1);
-        later.ts_ns = 3 * EXIT_GRACE_NS;
-        t.apply(&Event::Fork(Fork {
-            task: later,
-            child_pid: 10,
-        }));
+        t.apply(&fork_ev(1, 10, 3 * EXIT_GRACE_NS));
         assert!(t.alive(9), "the new process with the reused pid stays");
     }
 

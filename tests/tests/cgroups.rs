@@ -182,24 +182,7 @@ fn alerts_carry_container_and_pod_context_for_every_runtime_layout() {
             cleanup.pod_log_dir = Some(d);
         }
         let marker = nonce();
-        let procs = root
-            .join(layout.path.trim_start_matches('/'))
-            .join("cgroup.procs");
-        // The shell moves itself into the cgroup, then becomes the RMM-named binary.
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {} && exec {} {marker}",
-                procs.display(),
-                exe.display()
-            ))
-            .status()
-            .expect("running the shell");
-        assert!(
-            status.success(),
-            "moving into {} and exec: {status}",
-            layout.path
-        );
+        run_in_cgroup(&root, &layout.path, &exe, &marker);
         let alert = m.wait_for(&format!("the alert from {}", layout.path), |e| {
             e["event"]["kind"] == "alert"
                 && e["process"]["args"]
@@ -246,7 +229,8 @@ fn alerts_carry_container_and_pod_context_for_every_runtime_layout() {
     assert_eq!(stopped.status.code(), Some(0));
 }
 
-/// Runs `exe MARKER` in the cgroup `rel` (relative to the cgroup2 root `root`).
+/// Runs `exe MARKER` in the cgroup `rel` (relative to the cgroup2 root `root`): the shell
+/// moves itself into the cgroup, then becomes the binary.
 fn run_in_cgroup(root: &Path, rel: &str, exe: &Path, marker: &str) {
     let procs = root.join(rel.trim_start_matches('/')).join("cgroup.procs");
     let status = Command::new("/bin/sh")

@@ -844,23 +844,7 @@ fn cmd_getaddrinfo(rest: &[String]) -> Res<()> {
             dispatch(cmd, &rest[4..])
         }
         // A forked child goes on with it (`child=PID`): a descendant of the resolver.
-        Some("then-child") => {
-            let cmd = arg(rest, 3, "COMMAND")?.to_string();
-            let args = rest[4..].to_vec();
-            let _ = std::io::stdout().flush();
-            fork_exec(move || {
-                let code = match dispatch(&cmd, &args) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("rmm-probe-helper {cmd} (child): {e}");
-                        1
-                    }
-                };
-                let _ = std::io::stdout().flush();
-                // SAFETY: leaving the child without running the parent's destructors.
-                unsafe { libc::_exit(code) };
-            })
-        }
+        Some("then-child") => cmd_child(&rest[3..]),
         Some(o) => Err(format!("unknown option {o:?} (then, then-child)")),
     }
 }
