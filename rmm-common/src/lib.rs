@@ -126,6 +126,40 @@ impl DropReason {
     }
 }
 
+/// Indexes of the per-CPU `FILTERED` counter array: what the programs left out on purpose (not
+/// a loss: records nobody asked for).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterReason {
+    /// A datagram from port 53 to a socket that sent no query to that address (a forged or
+    /// stray answer, or a flood meant to fill the network ring).
+    DnsAnswerUnsolicited = 0,
+}
+
+impl FilterReason {
+    pub const COUNT: u32 = 1;
+    pub const ALL: [FilterReason; 1] = [FilterReason::DnsAnswerUnsolicited];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FilterReason::DnsAnswerUnsolicited => "dns_answer_unsolicited",
+        }
+    }
+}
+
+/// A socket that sent a DNS query to a server (cgroup_skb egress), the key of the kernel's
+/// table of expected answers: a datagram from port 53 is reported only when its socket asked
+/// the address it comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsAskedKey {
+    pub sock_cookie: u64,
+    /// The server, network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    pub family: u16,
+    pub _pad: [u8; 6],
+}
+
 /// Common prefix of every record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +175,10 @@ pub struct Header {
     pub _pad0: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
     pub ts_ns: u64,
+    /// Start of the process (`task->group_leader->start_boottime`: CLOCK_BOOTTIME in
+    /// nanoseconds, what `/proc/PID/stat` shows in clock ticks); 0 when unknown. With `tgid`
+    /// it names one process for the life of the boot: a pid is reused, this pair is not.
+    pub start_ns: u64,
     /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
@@ -184,6 +222,8 @@ pub struct ExecEvent {
     pub args_len: u32,
     /// `arg_end - arg_start` as the kernel reports it (the real size of argv).
     pub args_size: u32,
+    /// The parent's start (see [`Header::start_ns`]); 0 when unknown.
+    pub parent_start_ns: u64,
     /// The exec filename as the caller passed it (relative, a symlink, `/dev/fd/N`, ...).
     pub filename: [u8; FILENAME_LEN],
     /// `mm->exe_file` resolved by walking dentries and mounts: components leaf first, each
@@ -200,6 +240,8 @@ pub struct ForkEvent {
     pub hdr: Header,
     pub child_tgid: u32,
     pub _pad0: u32,
+    /// The child's start (see [`Header::start_ns`]); 0 when unknown (no struct offsets).
+    pub child_start_ns: u64,
 }
 
 /// `sched:sched_process_exit` when the whole thread group is dead.
@@ -344,6 +386,10 @@ pub struct KernelOffsets {
     /// of a thread group where `sched_process_exit` has no `group_dead` field (Linux < 6.16).
     pub task_signal: u32,
     pub signal_live: u32,
+    /// `task_struct.group_leader` and `.start_boottime`: a process's start, its identity
+    /// beside the pid.
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
 }
 
 impl KernelOffsets {
@@ -379,6 +425,8 @@ impl KernelOffsets {
             kernfs_node_id: 0,
             task_signal: 0,
             signal_live: 0,
+            task_group_leader: 0,
+            task_start_boottime: 0,
         }
     }
 }
@@ -396,6 +444,9 @@ pub mod feature {
     /// `TracepointFields::exit_group_dead`; without it, the thread group is dead when
     /// `signal->live` is 0.
     pub const EXIT_GROUP_DEAD: u32 = 1 << 2;
+    /// `bpf_get_current_task` in cgroup sock_addr programs: a connect seen by the cgroup hook
+    /// alone (io_uring) carries its process's start.
+    pub const SOCK_ADDR_TASK: u32 = 1 << 3;
 }
 
 /// Byte offsets of the tracepoint fields the programs read, from the events' `format` files
@@ -453,15 +504,16 @@ impl Settings {
 }
 
 // Layout guards: these sizes are the wire format between the two sides.
-const _: () = assert!(size_of::<Header>() == 56);
+const _: () = assert!(size_of::<Header>() == 64);
 const _: () = assert!(size_of::<BatchHeader>() == 16);
-const _: () = assert!(DNS_FIXED_LEN == 96);
-const _: () = assert!(size_of::<ExecEvent>() == 56 + 24 + FILENAME_LEN + PATH_LEN + ARGS_LEN);
-const _: () = assert!(size_of::<ForkEvent>() == 64);
-const _: () = assert!(size_of::<ExitEvent>() == 64);
-const _: () = assert!(size_of::<ConnectEvent>() == 56 + 8 + 8 + 16 + 8);
-const _: () = assert!(size_of::<DnsEvent>() == 56 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
-const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(size_of::<DnsAskedKey>() == 32);
+const _: () = assert!(DNS_FIXED_LEN == 104);
+const _: () = assert!(size_of::<ExecEvent>() == 64 + 32 + FILENAME_LEN + PATH_LEN + ARGS_LEN);
+const _: () = assert!(size_of::<ForkEvent>() == 80);
+const _: () = assert!(size_of::<ExitEvent>() == 72);
+const _: () = assert!(size_of::<ConnectEvent>() == 64 + 8 + 8 + 16 + 8);
+const _: () = assert!(size_of::<DnsEvent>() == 64 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
+const _: () = assert!(size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(size_of::<Settings>() == 16 + 4 + 6 * 4 + 4);
 const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<DnsEvent>().is_multiple_of(8));

@@ -11,7 +11,7 @@ use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect
 use crate::{
     maps::{
         CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop, fields,
-        fill_header, has_feature, submit_flags,
+        fill_header_task, has_feature, submit_flags,
     },
     stage::Slot,
 };
@@ -90,7 +90,9 @@ fn emit(p: &PendingConnect, ret: i32, source: u8) {
 
 #[inline(always)]
 fn fill(ev: &mut ConnectEvent, p: &PendingConnect, ret: i32, source: u8) {
-    fill_header(&mut ev.hdr, EventKind::Connect);
+    // The cgroup hook may not be able to read the current task (`feature::SOCK_ADDR_TASK`).
+    let with_start = source == connect_source::SYSCALL || has_feature(feature::SOCK_ADDR_TASK);
+    fill_header_task(&mut ev.hdr, EventKind::Connect, with_start);
     ev.ret = ret;
     ev.fd = p.fd;
     ev.family = p.family;

@@ -6,19 +6,29 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
-    macros::cgroup_skb,
+    macros::{cgroup_skb, map},
+    maps::LruHashMap,
     programs::SkBuffContext,
 };
 use rmm_common::{
-    AF_INET, AF_INET6, DNS_FIXED_LEN, DNS_PAYLOAD_LEN, DNS_PORT, DnsEvent, DropReason, EventKind,
-    IPPROTO_UDP, dns_flags,
+    AF_INET, AF_INET6, DNS_FIXED_LEN, DNS_PAYLOAD_LEN, DNS_PORT, DnsAskedKey, DnsEvent, DropReason,
+    EventKind, FilterReason, IPPROTO_UDP, dns_flags,
 };
 
 use crate::{
     kernel::nonzero_len,
-    maps::{NET_EVENTS, count_drop, fill_header_skb, submit_flags},
+    maps::{NET_EVENTS, count_drop, count_filtered, fill_header_skb, submit_flags},
     stage::Slot,
 };
+
+/// Sockets that sent a query, and to which server: only a datagram from port 53 of a server
+/// its socket asked is reported, so a flood of answers nobody asked for (forged, or meant to
+/// fill the network ring and crowd out connects) costs a lookup and a counter, not a record.
+/// Least recently used entries go first: 16,384 (socket, server) pairs is far more than the
+/// sockets that wait for an answer at once on a real host; one evicted by a storm of queries
+/// costs the answer's correlation, never the query's own alert.
+#[map]
+static DNS_ASKED: LruHashMap<DnsAskedKey, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -166,13 +176,27 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
     if remote_port != DNS_PORT {
         return None;
     }
+    let asked = DnsAskedKey {
+        // SAFETY: the context is a cgroup_skb __sk_buff.
+        sock_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: remote,
+        family,
+        _pad: [0; 6],
+    };
     if ingress {
+        if DNS_ASKED.get_ptr(&asked).is_none() {
+            count_filtered(FilterReason::DnsAnswerUnsolicited);
+            return None;
+        }
         // Answers matter only for the addresses they carry: skip those without answer
         // records (NXDOMAIN, NODATA) before paying for a record.
         let counts: [u8; 8] = ctx.load(l4 + UDP_HEADER_LEN + 4).ok()?;
         if counts[2] == 0 && counts[3] == 0 {
             return None;
         }
+    } else if DNS_ASKED.get_ptr(&asked).is_none() {
+        // Looked up first: an update of a present key would replace its element.
+        let _ = DNS_ASKED.insert(&asked, &1, 0);
     }
     let payload_off = l4 + UDP_HEADER_LEN;
     let d = Datagram {
@@ -183,6 +207,7 @@ fn try_dns(ctx: &SkBuffContext, ingress: bool) -> Option<()> {
         local_port,
         payload_off,
         total: (ctx.len() as usize).checked_sub(payload_off)?,
+        sock_cookie: asked.sock_cookie,
     };
     let drop_as = if ingress {
         DropReason::DnsAnswerReserve
@@ -220,6 +245,7 @@ struct Datagram {
     /// Where the UDP payload starts in the packet, and its length.
     payload_off: usize,
     total: usize,
+    sock_cookie: u64,
 }
 
 /// Fills a DNS record: the header, the addresses, and up to `DNS_PAYLOAD_LEN` bytes of the
@@ -238,13 +264,13 @@ fn fill(ctx: &SkBuffContext, ev: &mut DnsEvent, d: &Datagram) {
         ev.hdr._pad0 = 0;
         // SAFETY: helper without arguments.
         ev.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.hdr.start_ns = 0;
         ev.hdr.cgroup_id = 0;
         ev.hdr.comm = [0; 16];
     } else if !fill_header_skb(&mut ev.hdr, EventKind::Dns) {
         ev.flags |= dns_flags::NO_TASK;
     }
-    // SAFETY: the context is a cgroup_skb __sk_buff.
-    ev.sock_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ev.sock_cookie = d.sock_cookie;
     ev.family = d.family;
     ev.dport = d.remote_port;
     ev.sport = d.local_port;

@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use rmm_common::{DropReason, EventKind, Header, KernelOffsets, Settings, TracepointFields};
+use rmm_common::{
+    DropReason, EventKind, FilterReason, Header, KernelOffsets, Settings, TracepointFields,
+};
 
 use crate::kernel::{read, read_ptr};
 
@@ -24,6 +26,10 @@ pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Per-CPU loss counters, indexed by `DropReason`.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Per-CPU counters of what was left out on purpose, indexed by `FilterReason`.
+#[map]
+pub static FILTERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(FilterReason::COUNT, 0);
 
 /// A connect between `sys_enter_connect` and `sys_exit_connect`, keyed by pid_tgid.
 #[repr(C)]
@@ -110,6 +116,26 @@ pub fn count_drops(reason: DropReason, n: u64) {
     }
 }
 
+#[inline(always)]
+pub fn count_filtered(reason: FilterReason) {
+    if let Some(counter) = FILTERED.get_ptr_mut(reason as u32) {
+        crate::kernel::atomic_add(counter, 1);
+    }
+}
+
+/// The start of the process `task` belongs to (`group_leader->start_boottime`, the identity
+/// that a reused pid does not share); 0 without offsets or when a read fails.
+#[inline(always)]
+pub fn process_start(task: u64) -> u64 {
+    let off = offsets();
+    if off.valid == 0 {
+        return 0;
+    }
+    read_ptr(task, off.task_group_leader)
+        .and_then(|leader| read::<u64>(leader, off.task_start_boottime))
+        .unwrap_or(0)
+}
+
 /// Per-CPU count of records submitted, to look at the ring's fill level only on some of them.
 #[map]
 pub static SUBMITS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -149,6 +175,19 @@ pub fn submit_flags(ring: &RingBuf) -> u64 {
 /// Fills the common header from the current task.
 #[inline(always)]
 pub fn fill_header(hdr: &mut Header, kind: EventKind) {
+    fill_header_task(hdr, kind, true);
+}
+
+/// Fills the common header from the current task; its start only when `with_start` (false
+/// where the program type cannot call `bpf_get_current_task`: the field is 0 then).
+#[inline(always)]
+pub fn fill_header_task(hdr: &mut Header, kind: EventKind, with_start: bool) {
+    hdr.start_ns = if with_start {
+        // SAFETY: helper without arguments.
+        process_start(unsafe { bpf_get_current_task() })
+    } else {
+        0
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     hdr.kind = kind as u32;
@@ -181,6 +220,7 @@ pub fn fill_header_skb(hdr: &mut Header, kind: EventKind) -> bool {
     hdr.uid = 0;
     hdr.gid = 0;
     hdr.cgroup_id = 0;
+    hdr.start_ns = 0;
     hdr.comm = [0; 16];
     let off = offsets();
     if off.valid == 0 {
@@ -188,6 +228,7 @@ pub fn fill_header_skb(hdr: &mut Header, kind: EventKind) -> bool {
     }
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task() };
+    hdr.start_ns = process_start(task);
     hdr.tid = read::<u32>(task, off.task_pid).unwrap_or(0);
     hdr.tgid = read::<u32>(task, off.task_tgid).unwrap_or(0);
     hdr.comm = read::<[u8; 16]>(task, off.task_comm).unwrap_or([0; 16]);

@@ -6,9 +6,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user_buf,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use rmm_common::{
     ARGS_LEN, DropReason, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, ForkEvent, exec_flags,
@@ -19,7 +19,7 @@ use crate::{
     kernel::{read, read_ptr},
     maps::{
         PENDING_CONNECT, PROC_EVENTS, count_drop, fields, fill_header, has_feature, offsets,
-        submit_flags,
+        process_start, submit_flags,
     },
     path::resolve_file_path,
 };
@@ -52,6 +52,7 @@ fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
     ev.path_len = 0;
     ev.args_len = 0;
     ev.args_size = 0;
+    ev.parent_start_ns = 0;
 
     // SAFETY: the offset of the filename's __data_loc, from the tracepoint's format file.
     if let Ok(loc) = unsafe { ctx.read_at::<u32>(fields().exec_filename as usize) } {
@@ -77,6 +78,7 @@ fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
     let task = unsafe { bpf_get_current_task() };
     if let Some(parent) = read_ptr(task, off.task_real_parent) {
         ev.ppid = read::<u32>(parent, off.task_tgid).unwrap_or(0);
+        ev.parent_start_ns = process_start(parent);
     }
     let Some(mm) = read_ptr(task, off.task_mm) else {
         ev.flags |= exec_flags::ARGS_ERROR | exec_flags::PATH_ERROR;
@@ -116,8 +118,40 @@ fn read_args(ev: &mut ExecEvent, mm: u64, off: &rmm_common::KernelOffsets) {
     }
 }
 
-/// `task/task_newtask`: reads `pid` and `clone_flags`; the parent is the current task.
-/// Threads (`CLONE_THREAD`) are skipped in the kernel.
+/// `task_newtask` as a raw tracepoint (`struct task_struct *task, u64 clone_flags`), loaded
+/// where the struct offsets are known: the child's tgid and start are read from its task.
+/// Threads (`CLONE_THREAD`) are skipped in the kernel; the parent is the current task.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn task_newtask_raw(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: the context of a raw tracepoint is its argument array; task_newtask has two.
+    let (child, clone_flags) = unsafe {
+        let args = ctx.as_ptr() as *const u64;
+        (*args, *args.add(1))
+    };
+    if clone_flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let off = offsets();
+    let Some(tgid) = read::<u32>(child, off.task_tgid) else {
+        return 0;
+    };
+    let Some(mut entry) = PROC_EVENTS.reserve::<ForkEvent>(0) else {
+        count_drop(DropReason::ForkReserve);
+        return 0;
+    };
+    // SAFETY: the entry is ours until submit; every field is written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.hdr, EventKind::Fork);
+    ev.child_tgid = tgid;
+    ev._pad0 = 0;
+    // A new process leads its own thread group: its start is the process's.
+    ev.child_start_ns = read::<u64>(child, off.task_start_boottime).unwrap_or(0);
+    entry.submit(submit_flags(&PROC_EVENTS));
+    0
+}
+
+/// `task/task_newtask`, where the struct offsets are unknown: reads `pid` and `clone_flags`
+/// from the tracepoint's format (the child's start stays unknown). Threads are skipped.
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let f = fields();
@@ -140,6 +174,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     fill_header(&mut ev.hdr, EventKind::Fork);
     ev.child_tgid = child as u32;
     ev._pad0 = 0;
+    ev.child_start_ns = 0;
     entry.submit(submit_flags(&PROC_EVENTS));
     0
 }

@@ -60,6 +60,7 @@ fn task(pid: u32, comm: &str) -> Task {
     Task {
         ts_ns: 1,
         pid,
+        start_ns: 0,
         tid: pid,
         uid: 1000,
         gid: 1000,
@@ -92,6 +93,7 @@ fn mix(n: usize) -> Vec<Event> {
                     Event::Exec(Exec {
                         task: task(pid, name),
                         ppid: 1,
+                        parent_start_ns: 0,
                         filename: exe.into(),
                         executable: exe.into(),
                         args: vec![exe.into(), "--config".into(), "/etc/app/config.yaml".into()],

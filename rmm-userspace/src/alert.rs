@@ -90,6 +90,13 @@ pub struct Technique {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProcessRef {
     pub pid: u32,
+    /// `<boot id>:<pid>:<start in clock ticks>`: one process on one host for all time, where a
+    /// pid is reused within minutes. Absent when the start is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    /// When the process started (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
     /// Absent rather than empty when unknown.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -105,6 +112,11 @@ pub struct UserRef {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProcessFields {
     pub pid: u32,
+    /// As in [`ProcessRef`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
     /// Name, executable and arguments are absent rather than empty when unknown.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,

@@ -246,6 +246,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         kernfs_node_id: o("kernfs_node", "id")?,
         task_signal: o("task_struct", "signal")?,
         signal_live: o("signal_struct", "live")?,
+        task_group_leader: o("task_struct", "group_leader")?,
+        task_start_boottime: o("task_struct", "start_boottime")?,
     })
 }
 

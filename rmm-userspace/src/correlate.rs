@@ -41,8 +41,9 @@ const MAX_DEPTH: usize = 64;
 pub enum Scope {
     /// Every process's (a system resolver asked, or the kernel could not name the sender).
     Host,
-    /// This process's and its descendants'.
-    Process(u32),
+    /// This process's and its descendants': the process `pid` that started at `start_ns`
+    /// (0: unknown), so that a later process with the reused pid is not in scope.
+    Process { pid: u32, start_ns: u64 },
 }
 
 /// A vendor-domain query that waits for its answer.
@@ -184,27 +185,36 @@ impl Correlation {
         Answered::Tagged(addrs.len())
     }
 
-    /// The answer that tags a connect of `pid` to `ip`, if any: one of a system resolver, or
-    /// one that `pid` or an ancestor of it asked for.
-    pub fn lookup(&self, ip: IpAddr, pid: u32, table: &ProcTable, now: Instant) -> Option<Tag<'_>> {
+    /// The answer that tags a connect of process `pid` (started at `start_ns`) to `ip`, if
+    /// any: one of a system resolver, or one that the process or an ancestor of it asked for.
+    pub fn lookup(
+        &self,
+        ip: IpAddr,
+        pid: u32,
+        start_ns: u64,
+        table: &ProcTable,
+        now: Instant,
+    ) -> Option<Tag<'_>> {
         let list = self.resolved.get(&ip)?;
-        let mut lineage: Option<Vec<u32>> = None;
+        let mut lineage: Option<Vec<&crate::proctable::Proc>> = None;
         list.iter()
             .rev()
             .filter(|r| r.until > now)
             .find(|r| match r.scope {
                 Scope::Host => true,
-                Scope::Process(by) => {
-                    by == pid
+                Scope::Process {
+                    pid: by,
+                    start_ns: by_start,
+                } => {
+                    (by == pid && (by_start == 0 || start_ns == 0 || by_start == start_ns))
                         || lineage
                             .get_or_insert_with(|| {
                                 table
-                                    .ancestors(pid, MAX_DEPTH)
-                                    .iter()
-                                    .map(|p| p.pid)
-                                    .collect()
+                                    .get_at(pid, start_ns)
+                                    .map_or_else(Vec::new, |p| table.ancestors_of(p, MAX_DEPTH))
                             })
-                            .contains(&by)
+                            .iter()
+                            .any(|a| a.is(by, by_start))
                 }
             })
             .map(|r| Tag {
@@ -271,6 +281,7 @@ mod tests {
         Task {
             ts_ns: 1,
             pid,
+            start_ns: 0,
             tid: pid,
             uid: 1000,
             gid: 1000,
@@ -286,6 +297,7 @@ mod tests {
             t.apply(&Event::Exec(Exec {
                 task: task(pid),
                 ppid,
+                parent_start_ns: 0,
                 filename: "/usr/bin/x".into(),
                 executable: "/usr/bin/x".into(),
                 args: vec![],
@@ -296,6 +308,7 @@ mod tests {
         t.apply(&Event::Fork(Fork {
             task: task(10),
             child_pid: 11,
+            child_start_ns: 0,
         }));
         t
     }
@@ -310,7 +323,14 @@ mod tests {
         c.asked(
             1,
             7,
-            q("anydesk", "relay.anydesk.com", Scope::Process(10)),
+            q(
+                "anydesk",
+                "relay.anydesk.com",
+                Scope::Process {
+                    pid: 10,
+                    start_ns: 0,
+                },
+            ),
             now,
         );
         assert_eq!(
@@ -326,10 +346,14 @@ mod tests {
             tool: "anydesk",
             domain: "relay.anydesk.com",
         };
-        assert_eq!(c.lookup(ip, 10, &t, now), Some(tag));
-        assert_eq!(c.lookup(ip, 11, &t, now), Some(tag), "a child of the asker");
-        assert_eq!(c.lookup(ip, 20, &t, now), None, "another process");
-        assert_eq!(c.lookup(ip, 10, &t, now + TTL), None, "expired");
+        assert_eq!(c.lookup(ip, 10, 0, &t, now), Some(tag));
+        assert_eq!(
+            c.lookup(ip, 11, 0, &t, now),
+            Some(tag),
+            "a child of the asker"
+        );
+        assert_eq!(c.lookup(ip, 20, 0, &t, now), None, "another process");
+        assert_eq!(c.lookup(ip, 10, 0, &t, now + TTL), None, "expired");
     }
 
     #[test]
@@ -344,7 +368,7 @@ mod tests {
             now,
         );
         assert!(
-            c.lookup("127.0.0.9".parse().unwrap(), 20, &t, now)
+            c.lookup("127.0.0.9".parse().unwrap(), 20, 0, &t, now)
                 .is_some()
         );
     }
@@ -354,7 +378,19 @@ mod tests {
         let t = table();
         let now = Instant::now();
         let mut c = Correlation::default();
-        c.asked(1, 7, q("anydesk", "x.anydesk.com", Scope::Process(10)), now);
+        c.asked(
+            1,
+            7,
+            q(
+                "anydesk",
+                "x.anydesk.com",
+                Scope::Process {
+                    pid: 10,
+                    start_ns: 0,
+                },
+            ),
+            now,
+        );
         assert_eq!(
             c.answered(
                 &ans(1, 7, "127.0.0.66", "x.anydesk.com", &["127.0.0.5"]),
@@ -391,11 +427,11 @@ mod tests {
             Answered::Tagged(1)
         );
         assert!(
-            c.lookup("127.0.0.5".parse().unwrap(), 10, &t, now)
+            c.lookup("127.0.0.5".parse().unwrap(), 10, 0, &t, now)
                 .is_none()
         );
         assert!(
-            c.lookup("127.0.0.6".parse().unwrap(), 10, &t, now)
+            c.lookup("127.0.0.6".parse().unwrap(), 10, 0, &t, now)
                 .is_some()
         );
         // Answered once: a second copy is unrelated.

@@ -178,6 +178,13 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let drops = Arc::new(KernelDrops::new(
         PerCpuArray::try_from(loaded.ebpf.take_map("DROPS").context("map DROPS missing")?)
             .context("map DROPS has the wrong type")?,
+        PerCpuArray::try_from(
+            loaded
+                .ebpf
+                .take_map("FILTERED")
+                .context("map FILTERED missing")?,
+        )
+        .context("map FILTERED has the wrong type")?,
     ));
     let detect_stats = Arc::new(Mutex::new(DetectStats::default()));
     let sources = Arc::new(metrics::Sources {

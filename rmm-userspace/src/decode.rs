@@ -18,6 +18,9 @@ use crate::dns::{self, DnsQuery};
 pub struct Task {
     pub ts_ns: u64,
     pub pid: u32,
+    /// The process's start (CLOCK_BOOTTIME ns, see `Header::start_ns`); 0 when unknown.
+    /// `(pid, start_ns)` names one process; a pid alone may have been reused.
+    pub start_ns: u64,
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
@@ -30,6 +33,8 @@ pub struct Exec {
     #[serde(flatten)]
     pub task: Task,
     pub ppid: u32,
+    /// The parent's start; 0 when unknown.
+    pub parent_start_ns: u64,
     /// The filename as the caller passed it to execve.
     pub filename: String,
     /// The executable the kernel resolved (`mm->exe_file`), absolute.
@@ -45,6 +50,8 @@ pub struct Fork {
     #[serde(flatten)]
     pub task: Task,
     pub child_pid: u32,
+    /// The child's start; 0 when unknown.
+    pub child_start_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +221,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             Event::Fork(Fork {
                 task: task(&ev.hdr),
                 child_pid: ev.child_tgid,
+                child_start_ns: ev.child_start_ns,
             })
         }
         EventKind::Exit => {
@@ -252,6 +260,7 @@ fn task(h: &Header) -> Task {
     Task {
         ts_ns: h.ts_ns,
         pid: h.tgid,
+        start_ns: h.start_ns,
         tid: h.tid,
         uid: h.uid,
         gid: h.gid,
@@ -330,6 +339,7 @@ fn decode_exec(ev: &ExecEvent) -> Exec {
     Exec {
         task: task(&ev.hdr),
         ppid: ev.ppid,
+        parent_start_ns: ev.parent_start_ns,
         filename: String::from_utf8_lossy(clamp(&ev.filename, ev.filename_len)).into_owned(),
         executable: path_from_components(clamp(&ev.path, ev.path_len), detached),
         args,
@@ -432,6 +442,7 @@ mod tests {
             gid: 1000,
             _pad0: 0,
             ts_ns: 5,
+            start_ns: 123_450_000_000,
             cgroup_id: 77,
             comm,
         }
@@ -480,6 +491,7 @@ mod tests {
             path_len: 13,
             args_len: 7,
             args_size: 4000,
+            parent_start_ns: 0,
             filename: [0; rmm_common::FILENAME_LEN],
             path: [0; rmm_common::PATH_LEN],
             args: [0; rmm_common::ARGS_LEN],
@@ -510,6 +522,7 @@ mod tests {
             path_len: u32::MAX,
             args_len: u32::MAX,
             args_size: 0,
+            parent_start_ns: 0,
             filename: [b'a'; rmm_common::FILENAME_LEN],
             path: [b'b'; rmm_common::PATH_LEN],
             args: [b'c'; rmm_common::ARGS_LEN],
@@ -653,6 +666,7 @@ mod tests {
             hdr: header(EventKind::Fork),
             child_tgid: 3,
             _pad0: 0,
+            child_start_ns: 0,
         };
         let mut b = bytes_of(&fork);
         b.pop();

@@ -146,14 +146,53 @@ struct Placement {
 
 pub struct Detector {
     compiled: Arc<Compiled>,
-    dedup: HashMap<(String, u32, Indicator, String), Dedup>,
+    /// By tool, process (pid and start: a reused pid is a new process) and indicator.
+    dedup: HashMap<(String, u32, u64, Indicator, String), Dedup>,
     /// Vendor-domain queries and the addresses their answers gave.
     correlation: Correlation,
     packages: PackageDb,
     containers: Containers,
     pods: Pods,
     hostname: String,
+    /// `/proc/sys/kernel/random/boot_id` (the host name where it cannot be read): the first
+    /// part of `process.entity_id`.
+    boot_id: String,
     pub stats: DetectStats,
+}
+
+/// `process.entity_id` and `process.start` of the process `pid` that started at `start_ns`
+/// (CLOCK_BOOTTIME ns; 0: unknown, and both are absent).
+fn identity(boot_id: &str, pid: u32, start_ns: u64) -> (Option<String>, Option<String>) {
+    if start_ns == 0 {
+        return (None, None);
+    }
+    let ticks = start_ns / crate::proctable::tick_ns();
+    (
+        Some(format!("{boot_id}:{pid}:{ticks}")),
+        Some(rfc3339(boot_wall_ns(start_ns))),
+    )
+}
+
+/// The wall-clock time of CLOCK_BOOTTIME `ns`.
+fn boot_wall_ns(ns: u64) -> u128 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    (wall - (now - i128::from(ns))).max(0) as u128
+}
+
+fn boot_id() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => hostname(),
+    }
 }
 
 /// The wall-clock time of kernel time `ts_ns` (0: now). The offset between the two clocks is
@@ -217,6 +256,7 @@ impl Detector {
             containers: Containers::default(),
             pods: Pods::default(),
             hostname: hostname(),
+            boot_id: boot_id(),
             stats: DetectStats::default(),
         }
     }
@@ -293,7 +333,7 @@ impl Detector {
             Event::Connect(c) => {
                 let correlated = self
                     .correlation
-                    .lookup(c.daddr, c.task.pid, table, Instant::now())
+                    .lookup(c.daddr, c.task.pid, c.task.start_ns, table, Instant::now())
                     .and_then(|t| {
                         let tool = self.compiled.matcher.tool_index(t.tool)?;
                         Some((tool, t.domain.to_owned()))
@@ -350,12 +390,15 @@ impl Detector {
                 let domain = domain.to_owned();
                 // Whose connects the answer will tag: the asker's, or everyone's when a system
                 // resolver asked (or the kernel could not say who did).
-                let scope = match table.get(d.task.pid) {
+                let scope = match table.get_at(d.task.pid, d.task.start_ns) {
                     _ if d.task.pid == 0 => Scope::Host,
                     Some(p) if self.compiled.context.is_system_resolver(&p.executable) => {
                         Scope::Host
                     }
-                    _ => Scope::Process(d.task.pid),
+                    _ => Scope::Process {
+                        pid: d.task.pid,
+                        start_ns: d.task.start_ns,
+                    },
                 };
                 self.correlation.asked(
                     d.sock_cookie,
@@ -419,8 +462,13 @@ impl Detector {
     fn emit(&mut self, s: Subject<'_>, pid: u32, table: &ProcTable, ts_ns: u64) -> Option<Alert> {
         let c = self.compiled.clone();
         let tool = c.matcher.tool(&s.hit);
-        let proc_ = table.get(pid);
-        let ancestors: Vec<&Proc> = table.ancestors(pid, MAX_ANCESTORS);
+        // The process the record names (pid and start): never another that reused its pid.
+        let proc_ = match s.task {
+            Some(t) => table.get_at(pid, t.start_ns),
+            None => table.get(pid),
+        };
+        let ancestors: Vec<&Proc> =
+            proc_.map_or_else(Vec::new, |p| table.ancestors_of(p, MAX_ANCESTORS));
         let executable = proc_.map(|p| p.executable.clone()).unwrap_or_default();
         let uid = s
             .task
@@ -460,7 +508,20 @@ impl Detector {
             *self.stats.allowed.entry(tool.id.clone()).or_default() += 1;
             return None;
         }
-        let key = (tool.id.clone(), pid, s.hit.indicator, s.hit.matched.clone());
+        let start_ns = s
+            .task
+            .map(|t| t.start_ns)
+            .filter(|&n| n != 0)
+            .or(proc_.map(|p| p.start_ns))
+            .unwrap_or(0);
+        let start_tick = start_ns / crate::proctable::tick_ns();
+        let key = (
+            tool.id.clone(),
+            pid,
+            start_tick,
+            s.hit.indicator,
+            s.hit.matched.clone(),
+        );
         let now = Instant::now();
         let count = match self.dedup.get_mut(&key) {
             Some(d) if now.duration_since(d.since) < c.context.dedup_window => {
@@ -524,8 +585,11 @@ impl Detector {
             .unwrap_or_default();
         let epoch_ns = wall_time_ns(ts_ns);
         *self.stats.alerts.entry(tool.id.clone()).or_default() += 1;
+        let boot_id = self.boot_id.as_str();
         let pref = |p: &Proc| ProcessRef {
             pid: p.pid,
+            entity_id: identity(boot_id, p.pid, p.start_ns).0,
+            start: identity(boot_id, p.pid, p.start_ns).1,
             name: p.comm.clone(),
             executable: p.executable.clone(),
         };
@@ -570,6 +634,8 @@ impl Detector {
             },
             process: ProcessFields {
                 pid,
+                entity_id: identity(&self.boot_id, pid, start_ns).0,
+                start: identity(&self.boot_id, pid, start_ns).1,
                 name,
                 executable,
                 args: proc_.map(|p| p.args.clone()).unwrap_or_default(),
@@ -675,6 +741,7 @@ mod tests {
         Task {
             ts_ns: 1,
             pid,
+            start_ns: 0,
             tid: pid,
             uid,
             gid: uid,
@@ -687,6 +754,7 @@ mod tests {
         Event::Exec(Exec {
             task: task(pid, basename(exe), uid),
             ppid,
+            parent_start_ns: 0,
             filename: exe.into(),
             executable: exe.into(),
             args: vec![exe.into()],
@@ -731,11 +799,13 @@ mod tests {
                 Event::Fork(Fork {
                     task: task(10, "nginx", 33),
                     child_pid: 11,
+                    child_start_ns: 0,
                 }),
                 exec(11, 10, "/bin/sh", 33),
                 Event::Fork(Fork {
                     task: task(11, "sh", 33),
                     child_pid: 12,
+                    child_start_ns: 0,
                 }),
                 exec(12, 11, "/tmp/x/anydesk", 33),
             ],

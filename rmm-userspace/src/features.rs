@@ -33,6 +33,8 @@ pub struct KernelFeatures {
     pub coarse_clock: bool,
     /// The task helpers in cgroup_skb programs (pid, uid, comm and cgroup of the sender).
     pub skb_task_helpers: bool,
+    /// `bpf_get_current_task` in cgroup sock_addr programs.
+    pub sock_addr_task: bool,
 }
 
 /// `major.minor` of a kernel release string such as `5.10.0-32-amd64` or `6.18.44-fc-v1272`.
@@ -120,6 +122,10 @@ impl KernelFeatures {
                 BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
             ),
             skb_task_helpers,
+            sock_addr_task: helper(
+                ProgramType::CgroupSockAddr,
+                BpfHelper::BPF_FUNC_get_current_task,
+            ),
             release,
         })
     }
@@ -149,6 +155,7 @@ pub mod name {
     pub const EXIT_GROUP_DEAD: &str = "exit_group_dead";
     pub const SKB_TASK_HELPERS: &str = "skb_task_helpers";
     pub const COARSE_CLOCK: &str = "coarse_clock";
+    pub const SOCK_ADDR_TASK: &str = "sock_addr_task";
     pub const STAGING: &str = "staging";
 }
 

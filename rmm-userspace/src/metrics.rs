@@ -86,6 +86,13 @@ impl Collector for Sources {
         )?;
         counters(
             &mut e,
+            "rmm_kernel_filtered",
+            "Packets the kernel left out on purpose (no record was wanted), by reason",
+            "reason",
+            snap.kernel_filtered.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        counters(
+            &mut e,
             "rmm_records_skipped",
             "Records skipped by the daemon, by reason",
             "reason",

@@ -236,9 +236,16 @@ impl Plan {
         self.offsets.is_some()
     }
 
-    /// Whether the daemon loads program `name` on this kernel.
+    /// Whether the daemon loads program `name` on this kernel: the flush program only with
+    /// staging; the raw `task_newtask` (which reads the child's task) with struct offsets, the
+    /// tracefs one without.
     pub fn wants(&self, name: &str) -> bool {
-        name != FLUSH_PROGRAM || self.staging.is_ok()
+        match name {
+            FLUSH_PROGRAM => self.staging.is_ok(),
+            "task_newtask_raw" => self.offsets.is_some(),
+            "task_newtask" => self.offsets.is_none(),
+            _ => true,
+        }
     }
 
     fn features(&self) -> u32 {
@@ -251,6 +258,9 @@ impl Plan {
         }
         if self.exit_group_dead {
             f |= feature::EXIT_GROUP_DEAD;
+        }
+        if self.kernel.sock_addr_task {
+            f |= feature::SOCK_ADDR_TASK;
         }
         f
     }
@@ -287,6 +297,11 @@ impl Plan {
                     } else {
                         "cgroup_skb programs cannot call the task helpers and there are no offsets: DNS queries carry no process (flag no_task)"
                     },
+                ),
+                feature(
+                    name::SOCK_ADDR_TASK,
+                    self.kernel.sock_addr_task,
+                    "cgroup connect hooks cannot read the current task: a connect seen by the hook alone (io_uring) carries no process start",
                 ),
                 feature(
                     name::COARSE_CLOCK,
@@ -339,6 +354,8 @@ pub enum Hook {
         category: &'static str,
         name: &'static str,
     },
+    /// A raw tracepoint (its arguments are the kernel's, not the tracefs format's).
+    RawTracePoint(&'static str),
     /// `cgroup/connect4` or `cgroup/connect6` on the cgroup v2 root.
     SockAddr(&'static str),
     /// `cgroup_skb/egress` or `/ingress` on the cgroup v2 root.
@@ -358,6 +375,7 @@ pub const PROBES: &[(&str, Hook)] = &[
             name: "sched_process_exec",
         },
     ),
+    ("task_newtask_raw", Hook::RawTracePoint("task_newtask")),
     (
         "task_newtask",
         Hook::TracePoint {
@@ -402,6 +420,7 @@ impl Hook {
     fn describe(self, cgroup_root: &std::path::Path) -> String {
         match self {
             Hook::TracePoint { category, name } => format!("tracepoint {category}/{name}"),
+            Hook::RawTracePoint(name) => format!("raw tracepoint {name}"),
             Hook::SockAddr(kind) => format!("cgroup/{kind} on {}", cgroup_root.display()),
             Hook::Skb(CgroupSkbAttachType::Egress) => {
                 format!("cgroup_skb/egress on {}", cgroup_root.display())
@@ -454,6 +473,12 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
                 p.attach(category, name).with_context(|| {
                     format!("attaching {what}: does this kernel have it? (ls {TRACEFS}/events/{category}/{name})")
                 })?;
+            }
+            Hook::RawTracePoint(name) => {
+                let p: &mut RawTracePoint = program.try_into().with_context(wrong_type)?;
+                p.load().map_err(verify)?;
+                p.attach(name)
+                    .with_context(|| format!("attaching {what}"))?;
             }
             Hook::SockAddr(_) => {
                 let p: &mut CgroupSockAddr = program.try_into().with_context(wrong_type)?;

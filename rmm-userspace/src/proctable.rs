@@ -34,6 +34,18 @@ pub struct Proc {
     pub exe_exact: bool,
     pub args: Vec<String>,
     pub cgroup_id: u64,
+    /// The process's start (CLOCK_BOOTTIME ns, see `rmm_common::Header::start_ns`); 0 when
+    /// unknown. With the pid it names the process: a record whose start differs is of another
+    /// process that had the pid.
+    pub start_ns: u64,
+    /// The length of a clock tick when `start_ns` came from `/proc/PID/stat` (which counts in
+    /// ticks): a record's start matches when it falls in the same tick. 0: exact.
+    #[serde(skip)]
+    pub start_tick_ns: u64,
+    /// The parent's start as the exec that created this entry named it (0: unknown): the
+    /// parent is looked up by pid only while it has none of its own identity link.
+    #[serde(skip)]
+    parent_start_ns: u64,
     /// This entry's identity in the table (never reused), and its creator's (0: unknown).
     #[serde(skip)]
     pub id: u64,
@@ -45,6 +57,33 @@ pub struct Proc {
     /// Read from /proc: a buffered record older than `seen_ns` is stale for it.
     #[serde(skip)]
     from_proc: bool,
+}
+
+impl Proc {
+    /// Whether this entry is the process `pid` that started at `start_ns` (an unknown start,
+    /// on either side, matches any).
+    pub fn is(&self, pid: u32, start_ns: u64) -> bool {
+        self.pid == pid && self.started_at(start_ns)
+    }
+
+    /// Whether a record's start matches this entry's (see [`Proc::is`]).
+    pub fn started_at(&self, start_ns: u64) -> bool {
+        if start_ns == 0 || self.start_ns == 0 {
+            return true;
+        }
+        match self.start_tick_ns {
+            0 => self.start_ns == start_ns,
+            tick => self.start_ns / tick == start_ns / tick,
+        }
+    }
+
+    /// Takes a record's exact start in place of one known to the tick or not at all.
+    fn learn_start(&mut self, start_ns: u64) {
+        if start_ns != 0 && (self.start_ns == 0 || self.start_tick_ns != 0) {
+            self.start_ns = start_ns;
+            self.start_tick_ns = 0;
+        }
+    }
 }
 
 /// Exec flags that make the executable path inexact (see [`Proc::exe_exact`]).
@@ -119,8 +158,21 @@ impl ProcTable {
         self.procs.values()
     }
 
+    /// The current entry of `pid`, whichever process it is.
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
+    }
+
+    /// The entry of the process `pid` that started at `start_ns` (see [`Proc::is`]): a late
+    /// record of a process whose pid was reused finds nothing rather than the new process.
+    pub fn get_at(&self, pid: u32, start_ns: u64) -> Option<&Proc> {
+        self.procs.get(&pid).filter(|p| p.started_at(start_ns))
+    }
+
+    /// The entry of `pid` if it is alive and the process that started at `start_ns`.
+    fn live_at(&self, pid: u32, start_ns: u64) -> Option<&Proc> {
+        self.get_at(pid, start_ns)
+            .filter(|_| !self.tombstones.contains_key(&pid))
     }
 
     /// The process that created `p`, if the table still knows it.
@@ -129,7 +181,10 @@ impl ProcTable {
             return None;
         }
         if p.parent_id == 0 {
-            return self.procs.get(&p.ppid);
+            return self
+                .procs
+                .get(&p.ppid)
+                .filter(|q| q.started_at(p.parent_start_ns));
         }
         self.procs
             .get(&p.ppid)
@@ -137,10 +192,17 @@ impl ProcTable {
             .or_else(|| self.kept.get(&p.parent_id))
     }
 
-    /// Up to `n` ancestors of `pid`, creator first.
+    /// Up to `n` ancestors of the current entry of `pid`, creator first.
     pub fn ancestors(&self, pid: u32, n: usize) -> Vec<&Proc> {
+        self.procs
+            .get(&pid)
+            .map_or_else(Vec::new, |p| self.ancestors_of(p, n))
+    }
+
+    /// Up to `n` ancestors of `p`, creator first, followed by identity.
+    pub fn ancestors_of<'a>(&'a self, p: &'a Proc, n: usize) -> Vec<&'a Proc> {
         let mut out = Vec::new();
-        let mut cur = self.procs.get(&pid);
+        let mut cur = Some(p);
         while let Some(p) = cur {
             if out.len() == n {
                 break;
@@ -304,9 +366,12 @@ impl ProcTable {
                 if self.stale(pid, ts) {
                     return;
                 }
-                if !self.tombstones.contains_key(&pid)
+                // The same process takes its new image; an entry of the pid with another start
+                // is a process whose exit was lost, and is replaced below.
+                if self.live_at(pid, e.task.start_ns).is_some()
                     && let Some(p) = self.procs.get_mut(&pid)
                 {
+                    p.learn_start(e.task.start_ns);
                     p.uid = e.task.uid;
                     p.comm.clone_from(&e.task.comm);
                     p.executable.clone_from(&e.executable);
@@ -319,11 +384,7 @@ impl ProcTable {
                 }
                 // First seen at its exec (its fork was before the start, or lost).
                 self.tombstones.remove(&pid);
-                let parent_id = self
-                    .procs
-                    .get(&e.ppid)
-                    .filter(|_| !self.tombstones.contains_key(&e.ppid))
-                    .map_or(0, |q| q.id);
+                let parent_id = self.live_at(e.ppid, e.parent_start_ns).map_or(0, |q| q.id);
                 let p = Proc {
                     pid,
                     ppid: e.ppid,
@@ -333,6 +394,9 @@ impl ProcTable {
                     exe_exact,
                     args: e.args.clone(),
                     cgroup_id: e.task.cgroup_id,
+                    start_ns: e.task.start_ns,
+                    start_tick_ns: 0,
+                    parent_start_ns: e.parent_start_ns,
                     id: self.new_id(),
                     parent_id,
                     seen_ns: ts,
@@ -345,10 +409,13 @@ impl ProcTable {
                     return;
                 }
                 let id = self.new_id();
-                let child = match self.procs.get(&f.task.pid) {
+                let child = match self.get_at(f.task.pid, f.task.start_ns) {
                     Some(parent) => Proc {
                         pid: f.child_pid,
                         ppid: parent.pid,
+                        start_ns: f.child_start_ns,
+                        start_tick_ns: 0,
+                        parent_start_ns: f.task.start_ns,
                         id,
                         parent_id: parent.id,
                         seen_ns: ts,
@@ -364,6 +431,9 @@ impl ProcTable {
                         exe_exact: false,
                         args: Vec::new(),
                         cgroup_id: f.task.cgroup_id,
+                        start_ns: f.child_start_ns,
+                        start_tick_ns: 0,
+                        parent_start_ns: f.task.start_ns,
                         id,
                         parent_id: 0,
                         seen_ns: ts,
@@ -378,7 +448,9 @@ impl ProcTable {
                 if self.stale(pid, ts) {
                     return;
                 }
-                if self.procs.contains_key(&pid) && !self.tombstones.contains_key(&pid) {
+                // Only the process that started then: a lost exit's successor is not ended by
+                // a late record of its predecessor.
+                if self.live_at(pid, x.task.start_ns).is_some() {
                     self.tombstones.insert(pid, ts);
                     self.exited.push_back((ts, pid));
                 }
@@ -430,7 +502,7 @@ fn event_ts(ev: &Event) -> u64 {
 
 fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
     let stat = fs::read_to_string(dir.join("stat"))?;
-    let (comm, ppid) = parse_stat(&stat).ok_or_else(|| {
+    let (comm, ppid, start_ticks) = parse_stat(&stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unparsable stat for pid {pid}"),
@@ -463,6 +535,9 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
         exe_exact,
         args,
         cgroup_id: 0,
+        start_ns: start_ticks.saturating_mul(tick_ns()),
+        start_tick_ns: tick_ns(),
+        parent_start_ns: 0,
         id: 0,
         parent_id: 0,
         seen_ns: 0,
@@ -470,15 +545,32 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
     })
 }
 
-/// `pid (comm) state ppid ...`; comm may itself contain spaces and parentheses.
-pub fn parse_stat(stat: &str) -> Option<(String, u32)> {
+/// The length of the clock tick that `/proc/PID/stat` counts in (`_SC_CLK_TCK`, 100 on Linux).
+pub fn tick_ns() -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if hz > 0 {
+            1_000_000_000 / hz as u64
+        } else {
+            10_000_000
+        }
+    })
+}
+
+/// `pid (comm) state ppid ...`: the comm, the ppid and the start (field 22, in clock ticks
+/// since boot); comm may itself contain spaces and parentheses.
+pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
     let mut rest = stat.get(close + 1..)?.split_whitespace();
     let _state = rest.next()?;
     let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    // Fields 5 to 21, then starttime.
+    let start = rest.nth(17)?.parse().ok()?;
+    Some((comm, ppid, start))
 }
 
 #[cfg(test)]
@@ -490,6 +582,7 @@ mod tests {
         Task {
             ts_ns: 0,
             pid,
+            start_ns: 0,
             tid: pid,
             uid: 0,
             gid: 0,
@@ -500,10 +593,9 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        assert_eq!(
-            parse_stat("42 (a) b) (c) S 7 42 42"),
-            Some(("a) b) (c".into(), 7))
-        );
+        let line = "42 (a) b) (c) S 7 42 42 0 -1 4194560 100 0 0 0 3 1 0 0 20 0 1 0 987654 9 9";
+        assert_eq!(parse_stat(line), Some(("a) b) (c".into(), 7, 987_654)));
+        assert_eq!(parse_stat("42 (a) S 7 42 42"), None, "cut before the start");
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S notanumber"), None);
     }
@@ -560,12 +652,126 @@ mod tests {
         assert!(t.alive(9), "the new process with the reused pid stays");
     }
 
+    /// Events of processes with known starts (`start` is the process's, `other` its
+    /// parent's or child's).
+    fn with_starts(mut ev: Event, start: u64, other: u64) -> Event {
+        match &mut ev {
+            Event::Exec(e) => {
+                e.task.start_ns = start;
+                e.parent_start_ns = other;
+            }
+            Event::Fork(f) => {
+                f.task.start_ns = start;
+                f.child_start_ns = other;
+            }
+            Event::Exit(x) => x.task.start_ns = start,
+            _ => {}
+        }
+        ev
+    }
+
+    /// A process whose exit record was lost, and whose pid a new process then took: records
+    /// of the old one (late, or from a ring read behind) never land on the new one, and the
+    /// new one's lineage is its own.
+    #[test]
+    fn a_late_record_after_pid_reuse_never_lands_on_the_new_process() {
+        const OLD: u64 = 1_000_000_000;
+        const NEW: u64 = 9_000_000_000;
+        let mut t = ProcTable::default();
+        t.apply(&with_starts(exec_ev(1, 0, "/sbin/init", 1), 5, 0));
+        t.apply(&with_starts(fork_ev(1, 100, 2), 5, OLD));
+        t.apply(&with_starts(exec_ev(100, 1, "/usr/bin/anydesk", 3), OLD, 5));
+        // Its exit is lost; pid 100 is reused by a child of a shell.
+        t.apply(&with_starts(fork_ev(1, 50, 4), 5, 50));
+        t.apply(&with_starts(exec_ev(50, 1, "/bin/sh", 5), 50, 5));
+        t.apply(&with_starts(fork_ev(50, 100, 6), 50, NEW));
+        t.apply(&with_starts(exec_ev(100, 50, "/usr/bin/curl", 7), NEW, 50));
+        assert_eq!(
+            t.get_at(100, NEW).map(|p| p.executable.as_str()),
+            Some("/usr/bin/curl")
+        );
+        assert!(
+            t.get_at(100, OLD).is_none(),
+            "the old process is not the new one"
+        );
+        // A late exit of the old process leaves the new one alive.
+        t.apply(&with_starts(exit_ev(100, 8), OLD, 0));
+        assert!(
+            t.alive(100),
+            "a late exit of the predecessor ended the new process"
+        );
+        assert_eq!(chain(&t, 100), vec!["/bin/sh", "/sbin/init"]);
+
+        // An exec of a process with the pid but another start: the entry (whose exit was
+        // lost) is replaced, not renamed; and an exec naming a parent by a start the parent's
+        // entry does not have gets no parent rather than the wrong one.
+        const THIRD: u64 = 20_000_000_000;
+        t.apply(&with_starts(
+            exec_ev(100, 50, "/usr/bin/x11vnc", 9),
+            THIRD,
+            77,
+        ));
+        let p = t.get(100).expect("entry");
+        assert_eq!(
+            (p.executable.as_str(), p.start_ns),
+            ("/usr/bin/x11vnc", THIRD)
+        );
+        assert!(chain(&t, 100).is_empty(), "{:?}", chain(&t, 100));
+    }
+
+    /// A process read from /proc knows its start to the clock tick: records with an exact
+    /// start in that tick are its own, and the first one makes it exact.
+    #[test]
+    fn a_start_from_proc_matches_to_the_tick() {
+        let tick = tick_ns();
+        let mut p = Proc {
+            pid: 7,
+            ppid: 1,
+            uid: 0,
+            comm: "x".into(),
+            executable: "/x".into(),
+            exe_exact: true,
+            args: vec![],
+            cgroup_id: 0,
+            start_ns: 42 * tick,
+            start_tick_ns: tick,
+            parent_start_ns: 0,
+            id: 1,
+            parent_id: 0,
+            seen_ns: 0,
+            from_proc: true,
+        };
+        assert!(p.is(7, 42 * tick + tick / 2));
+        assert!(p.is(7, 0), "an unknown start matches");
+        assert!(!p.is(7, 43 * tick));
+        assert!(!p.is(8, 42 * tick));
+        p.learn_start(42 * tick + 3);
+        assert!(
+            p.is(7, 42 * tick + 3) && !p.is(7, 42 * tick + 4),
+            "exact now"
+        );
+    }
+
+    /// Every entry seeded from this machine's /proc knows its start, and it is this process's
+    /// own (field 22 of /proc/self/stat).
+    #[test]
+    fn seeded_processes_know_their_start() {
+        let mut t = ProcTable::default();
+        t.seed(Path::new("/proc")).expect("/proc readable");
+        let stat = fs::read_to_string("/proc/self/stat").expect("own stat");
+        let (_, _, ticks) = parse_stat(&stat).expect("parsable");
+        let me = t.get(std::process::id()).expect("own process present");
+        assert_eq!(me.start_ns, ticks * tick_ns());
+        assert!(me.is(me.pid, ticks * tick_ns() + 1));
+    }
+
     fn exec_ev(pid: u32, ppid: u32, exe: &str, ts: u64) -> Event {
         let mut t = task(pid);
         t.ts_ns = ts;
         Event::Exec(Exec {
             task: t,
             ppid,
+            parent_start_ns: 0,
             filename: exe.into(),
             executable: exe.into(),
             args: vec![exe.into()],
@@ -580,6 +786,7 @@ mod tests {
         Event::Fork(Fork {
             task: t,
             child_pid: child,
+            child_start_ns: 0,
         })
     }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use aya::maps::{MapData, PerCpuArray};
-use rmm_common::{DropReason, EventKind};
+use rmm_common::{DropReason, EventKind, FilterReason};
 use serde::Serialize;
 
 use crate::decode::DecodeError;
@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub reconciled_added: u64,
     /// Records the kernel could not deliver, by reason.
     pub kernel_drops: std::collections::BTreeMap<&'static str, u64>,
+    /// What the kernel left out on purpose (no record was wanted), by reason.
+    pub kernel_filtered: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -79,18 +81,23 @@ impl Stats {
             reconciled_gone: self.reconciled_gone.load(Relaxed),
             reconciled_added: self.reconciled_added.load(Relaxed),
             kernel_drops: drops.read(),
+            kernel_filtered: drops.read_filtered(),
         }
     }
 }
 
-/// The kernel's per-CPU `DROPS` array, summed over CPUs.
+/// The kernel's per-CPU `DROPS` and `FILTERED` arrays, summed over CPUs.
 pub struct KernelDrops {
     map: Option<PerCpuArray<MapData, u64>>,
+    filtered: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl KernelDrops {
-    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        KernelDrops { map: Some(map) }
+    pub fn new(map: PerCpuArray<MapData, u64>, filtered: PerCpuArray<MapData, u64>) -> Self {
+        KernelDrops {
+            map: Some(map),
+            filtered: Some(filtered),
+        }
     }
 
     /// Process records lost (exec, fork and exit together).
@@ -106,11 +113,14 @@ impl KernelDrops {
     }
 
     fn total(&self, r: DropReason) -> u64 {
-        self.map
-            .as_ref()
-            .and_then(|m| m.get(&(r as u32), 0).ok())
-            .map(|per_cpu| per_cpu.iter().copied().sum())
-            .unwrap_or(0)
+        sum(self.map.as_ref(), r as u32)
+    }
+
+    pub fn read_filtered(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        FilterReason::ALL
+            .iter()
+            .map(|r| (r.name(), sum(self.filtered.as_ref(), *r as u32)))
+            .collect()
     }
 
     pub fn read(&self) -> std::collections::BTreeMap<&'static str, u64> {
@@ -119,4 +129,10 @@ impl KernelDrops {
             .map(|r| (r.name(), self.total(*r)))
             .collect()
     }
+}
+
+fn sum(map: Option<&PerCpuArray<MapData, u64>>, index: u32) -> u64 {
+    map.and_then(|m| m.get(&index, 0).ok())
+        .map(|per_cpu| per_cpu.iter().copied().sum())
+        .unwrap_or(0)
 }

@@ -479,6 +479,11 @@ pub fn assert_process(a: &Value, pid: u32, name: &str, exe: &str, parent: Option
     assert_eq!(p["name"], name, "process.name: {a}");
     assert_eq!(p["executable"], exe, "process.executable: {a}");
     assert_eq!(p["user"]["id"], 0, "process.user.id: {a}");
+    let id = p["entity_id"].as_str().unwrap_or_default();
+    assert!(
+        id.contains(&format!(":{pid}:")) && p["start"].is_string(),
+        "process.entity_id and process.start name the process: {a}"
+    );
     if let Some((ppid, pexe)) = parent {
         assert_eq!(p["parent"]["pid"], ppid, "process.parent.pid: {a}");
         assert_eq!(
@@ -486,4 +491,31 @@ pub fn assert_process(a: &Value, pid: u32, name: &str, exe: &str, parent: Option
             "process.parent.executable: {a}"
         );
     }
+}
+
+/// `process.entity_id` of a live process is `<boot id>:<pid>:<start>`, the start being field
+/// 22 of `/proc/PID/stat` (clock ticks since boot), and `process.start` that instant.
+pub fn assert_identity(p: &Value, pid: u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("pid {pid} must be alive here: {e}"));
+    let after_comm = &stat[stat.rfind(')').expect("stat has a comm") + 1..];
+    let ticks = after_comm
+        .split_whitespace()
+        .nth(19)
+        .expect("stat has a start time");
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    assert_eq!(
+        p["entity_id"].as_str().unwrap_or_default(),
+        format!("{}:{pid}:{ticks}", boot_id.trim()),
+        "entity_id of pid {pid}: {p}"
+    );
+    let start = humantime::parse_rfc3339(p["start"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("process.start of pid {pid}: {e}: {p}"));
+    let age = std::time::SystemTime::now()
+        .duration_since(start)
+        .unwrap_or_else(|e| panic!("process.start of pid {pid} is in the future: {e}: {p}"));
+    assert!(
+        age < Duration::from_secs(24 * 3600),
+        "process.start of pid {pid}: {p}"
+    );
 }

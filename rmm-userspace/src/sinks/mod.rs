@@ -329,6 +329,8 @@ mod tests {
             },
             process: ProcessFields {
                 pid: n,
+                entity_id: None,
+                start: None,
                 name: "test".into(),
                 executable: "/usr/bin/test".into(),
                 args: vec![],

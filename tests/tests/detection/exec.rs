@@ -12,9 +12,9 @@ use std::{
 use rmm_tests::{comm_of, monitor_bin, nonce, run_bounded};
 
 use crate::{
-    Daemon, Running, assert_context, assert_context_within, assert_event_process, assert_match,
-    assert_process, helper, helper_comm, helper_flags, own_exe, path_str, read_alerts,
-    root_or_skip, run_ok, strs,
+    Daemon, Running, assert_context, assert_context_within, assert_event_process, assert_identity,
+    assert_match, assert_process, helper, helper_comm, helper_flags, own_exe, path_str,
+    read_alerts, root_or_skip, run_ok, strs,
 };
 
 /// A directory tree this test created under /opt, removed on drop.
@@ -258,6 +258,10 @@ fn real_vnc_server_alerts_on_exec_and_connect() {
     let mut want = vec![xvnc.to_owned()];
     want.extend(args.iter().cloned());
     assert_eq!(strs(&a["process"]["args"]), want, "{a}");
+    // The process and its parent by identity: the server's start from its exec record, the
+    // test process's from /proc or its own records.
+    assert_identity(&a["process"], pid);
+    assert_identity(&a["process"]["parent"], std::process::id());
 
     // A viewer connecting to it: the VNC port alerts, and the connect succeeds.
     let to = SocketAddr::from(([127, 0, 0, 1], port));
@@ -374,6 +378,8 @@ fn running_tools_are_reported_by_inventory_and_scan() {
         std::process::id(),
         "the parent chain comes from /proc: {a}"
     );
+    assert_identity(&a["process"], pid);
+    assert_identity(&a["rmm"]["ancestors"][0], std::process::id());
     drop(running);
     let f = d.stop();
     assert_eq!(f.of_pid(pid).len(), 1, "one inventory alert, no exec alert");

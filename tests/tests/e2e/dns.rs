@@ -356,3 +356,55 @@ fn dns_malformed_payloads_are_counted_not_printed() {
         "dns_malformed counts each of {names:?} and 40 bytes of 0xff over IPv6"
     );
 }
+
+/// Datagrams from port 53 that no socket asked for (a flood meant to fill the network ring and
+/// crowd out connects, or forged answers) are left out in the kernel and counted, as is an
+/// answer from a server the socket did not ask; the answer of the server it asked comes
+/// through.
+#[test]
+fn answers_nobody_asked_for_are_filtered_in_the_kernel() {
+    use std::net::{Ipv4Addr, UdpSocket};
+    root_or_skip!("answers_nobody_asked_for_are_filtered_in_the_kernel");
+    let bind =
+        |ip: &str| UdpSocket::bind((ip, 53)).unwrap_or_else(|e| panic!("binding {ip}:53: {e}"));
+    let server = bind("127.0.0.154");
+    let stranger = bind("127.0.0.155");
+    let asker = UdpSocket::bind("127.0.0.1:0").expect("an asking socket");
+    let asker_addr = asker.local_addr().expect("bound");
+    let name = unique_name("unsolicited");
+    let query = dnswire::query(0x4242, &name, TYPE_A, 0);
+    let question = dnswire::parse_question(&query).expect("a question");
+    let answer = dnswire::answer(&query, &question, Ipv4Addr::new(127, 1, 2, 3));
+    let m = Monitor::start(&[]);
+
+    const FLOOD: u64 = 2_000;
+    for _ in 0..FLOOD {
+        server.send_to(&answer, asker_addr).expect("sending");
+    }
+    asker
+        .send_to(&query, server.local_addr().expect("bound"))
+        .expect("asking");
+    let mut buf = [0u8; 512];
+    let (n, from) = server.recv_from(&mut buf).expect("the query arrives");
+    assert_eq!((&buf[..n], from), (&query[..], asker_addr));
+    stranger.send_to(&answer, asker_addr).expect("sending");
+    server.send_to(&answer, asker_addr).expect("answering");
+    let ev = m.wait_for("the answer of the server asked", |e| {
+        e["event"] == "dns_answer" && num(e, "dport") == u64::from(asker_addr.port())
+    });
+    assert_eq!(text(&ev, "saddr"), "127.0.0.154", "{ev}");
+    assert_eq!(num(&ev, "txid"), 0x4242, "{ev}");
+
+    let stopped = m.stop();
+    let to_asker: Vec<&Value> = stopped
+        .of_kind("dns_answer")
+        .filter(|e| num(e, "dport") == u64::from(asker_addr.port()))
+        .collect();
+    assert_eq!(to_asker.len(), 1, "only the answer asked for: {to_asker:?}");
+    let filtered = stopped.stat("/kernel_filtered/dns_answer_unsolicited");
+    assert!(
+        filtered > FLOOD,
+        "the flood and the stranger's answer are counted: {filtered}"
+    );
+    stopped.assert_clean();
+}

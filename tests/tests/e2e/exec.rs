@@ -29,6 +29,21 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
+/// Field 22 of /proc/self/stat: this process's start in clock ticks since boot.
+fn own_start_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+    let rest = &stat[stat.rfind(')').expect("a comm") + 1..];
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .expect("a start time")
+}
+
+fn own_tick_ns() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64
+}
+
 /// The fields every exec event of a direct child of the test process must have.
 fn assert_child_exec(ev: &Value, pid: u32, comm: &str) {
     assert_eq!(num(ev, "pid"), u64::from(pid), "pid: {ev}");
@@ -92,9 +107,25 @@ fn exec_by_absolute_path_with_fork_and_exit() {
         "by this thread: {fork}"
     );
     assert!(num(&fork, "ts_ns") <= ts, "fork before exec: {fork}");
+    // Every record names its process by pid and start: the child's start is the same in its
+    // fork, exec and exit; the parent (this process) starts when /proc says it did.
+    let start = num(&ev, "start_ns");
+    assert!(start > 0 && start <= ts, "start_ns of the exec: {ev}");
+    assert_eq!(num(&fork, "child_start_ns"), start, "{fork}\n{ev}");
+    assert_eq!(
+        num(&ev, "parent_start_ns"),
+        num(&fork, "start_ns"),
+        "{fork}\n{ev}"
+    );
+    assert_eq!(
+        num(&fork, "start_ns") / own_tick_ns(),
+        own_start_ticks(),
+        "the test process's start, to the tick of /proc/self/stat: {fork}"
+    );
     let exit = m.wait_for("exit of that child", |e| {
         e["event"] == "exit" && num(e, "pid") == u64::from(pid)
     });
+    assert_eq!(num(&exit, "start_ns"), start, "{exit}");
     assert_eq!(num(&exit, "exit_code"), 0, "{exit}");
     assert_eq!(text(&exit, "comm"), comm_of(&name), "{exit}");
     assert!(num(&exit, "ts_ns") >= ts, "exit after exec: {exit}");
