@@ -33,13 +33,16 @@ pub enum Action {
     Connect,
     DnsQuery,
     Inventory,
+    /// The daemon's own: events it lost (`event.kind: state`, `rmm.loss`).
+    Loss,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EventFields {
-    /// Always "alert".
+    /// "alert"; "state" for the daemon's own records (losses).
     pub kind: &'static str,
-    /// ECS categories: `process` for exec/inventory, `network` for connect/dns.
+    /// ECS categories: `process` for exec/inventory, `network` for connect/dns, `host` for
+    /// the daemon's own records.
     pub category: Vec<&'static str>,
     pub action: Action,
     /// 21 low, 47 medium, 73 high, 99 critical.
@@ -73,12 +76,44 @@ pub struct RmmFields {
     /// Ancestors, parent first (up to 8).
     pub ancestors: Vec<ProcessRef>,
     pub references: Vec<String>,
+    /// Loss records only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossFields>,
+}
+
+/// What a loss record reports (see `crate::loss`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LossFields {
+    /// A kernel drop reason (`exec_ringbuf_full`, ...), `decode_bad_size`,
+    /// `decode_unknown_kind`, `dns_malformed` or `sink_queue_full`.
+    pub reason: String,
+    /// The sink whose queue was full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
+    /// Events lost since the previous record of this reason.
+    pub count: u64,
+    /// When the first of them was noticed (RFC 3339).
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Threat {
     pub framework: &'static str,
     pub technique: Technique,
+}
+
+impl Threat {
+    /// What a blind spot of the monitor serves (ATT&CK T1562, Impair Defenses): the record
+    /// says that detection was impaired, whatever the cause.
+    pub fn impair_defenses() -> Threat {
+        Threat {
+            framework: "MITRE ATT&CK",
+            technique: Technique {
+                id: "T1562".into(),
+                name: "Impair Defenses",
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -185,13 +220,19 @@ pub struct Host {
 
 impl RmmFields {
     pub fn indicator_name(&self) -> &'static str {
-        match self.indicator {
-            Indicator::Binary => "binary",
-            Indicator::Path => "path",
-            Indicator::Domain => "domain",
-            Indicator::Port => "port",
-            Indicator::Ip => "ip",
-        }
+        indicator_name(self.indicator)
+    }
+}
+
+/// `rmm.indicator` as a word (rule ids, syslog parameters, journal messages).
+pub fn indicator_name(i: Indicator) -> &'static str {
+    match i {
+        Indicator::Binary => "binary",
+        Indicator::Path => "path",
+        Indicator::Domain => "domain",
+        Indicator::Port => "port",
+        Indicator::Ip => "ip",
+        Indicator::Loss => "loss",
     }
 }
 

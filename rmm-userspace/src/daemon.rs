@@ -12,7 +12,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow};
@@ -27,6 +27,7 @@ use crate::{
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
     fault,
+    loss::{self, LossReports, Reporter},
     merge::{self, Merger},
     metrics,
     probes::{self, LoadOptions},
@@ -193,6 +194,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         detect: detect_stats.clone(),
         sinks: sinks.clone(),
         reloads_ok: AtomicU64::new(0),
+        loss_records: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
         processes: AtomicU64::new(0),
         kernel: loaded.report.clone(),
@@ -327,6 +329,18 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let mut tick = tokio::time::interval(opts.stats_interval);
     tick.tick().await;
     let mut last = stats.snapshot(&drops);
+    // Losses go to the sinks as records of their own, at most one per reason per interval.
+    let mut losses = LossReports::new(
+        Reporter::this_process(crate::detect::hostname()),
+        opts.stats_interval,
+    );
+    let report_losses = |losses: &mut LossReports, snap: &Snapshot, force: bool| {
+        let totals = loss::totals(snap, &sinks.reports());
+        for r in losses.due(&totals, Instant::now(), wall_now_ns(), force) {
+            sinks.dispatch(r);
+        }
+        sources.loss_records.store(losses.records, Relaxed);
+    };
     let mut died = None;
     loop {
         tokio::select! {
@@ -384,6 +398,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             _ = tick.tick() => {
                 let now = stats.snapshot(&drops);
                 report_interval(&last, &now);
+                report_losses(&mut losses, &now, false);
                 notify(&[sd_notify::NotifyState::Status(&status(&now))]);
                 last = now;
             }
@@ -447,12 +462,16 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     for f in &failures {
         log::error!("{f}");
     }
+    // What was lost and not reported yet goes out before the sinks close: the loss records
+    // of a run add up to its final stats.
+    let fin = stats.snapshot(&drops);
+    report_losses(&mut losses, &fin, true);
+    log::info!("loss records sent: {}", losses.records);
     drop(sources);
     let sink_reports: Vec<SinkReport> = match Arc::try_unwrap(sinks) {
         Ok(set) => set.shutdown(Duration::from_secs(3)),
         Err(set) => set.reports(),
     };
-    let fin = stats.snapshot(&drops);
     log::info!(
         "final stats: {}",
         serde_json::to_string(&fin).unwrap_or_default()
@@ -701,4 +720,10 @@ fn publish(sources: &metrics::Sources, detector: &Detector, table: &ProcTable) {
 fn write_json(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, ev)?;
     out.write_all(b"\n")
+}
+
+fn wall_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -15,7 +15,7 @@ use crate::{
     alert::{
         Action, Alert, ContainerFields, Destination, DnsFields, DnsQuestion, EventFields, Host,
         Orchestrator, OrchestratorResource, ProcessFields, ProcessRef, RmmFields, RuleFields,
-        Technique, Threat, UserRef, rfc3339, technique_name,
+        Technique, Threat, UserRef, indicator_name, rfc3339, technique_name,
     },
     catalog::{Proto, Rules, UserRef as RuleUser},
     context::{
@@ -600,6 +600,7 @@ impl Detector {
                 category: vec![match s.action {
                     Action::Exec | Action::Inventory => "process",
                     Action::Connect | Action::DnsQuery => "network",
+                    Action::Loss => "host",
                 }],
                 action: s.action,
                 severity: severity.score(),
@@ -624,6 +625,7 @@ impl Detector {
                 count,
                 ancestors: ancestors.iter().map(|p| pref(p)).collect(),
                 references: tool.references.clone(),
+                loss: None,
             },
             threat: Threat {
                 framework: "MITRE ATT&CK",
@@ -695,22 +697,13 @@ fn allowed<'c>(
         .map(|a| a.reason.as_str())
 }
 
-fn indicator_name(i: Indicator) -> &'static str {
-    match i {
-        Indicator::Binary => "binary",
-        Indicator::Path => "path",
-        Indicator::Domain => "domain",
-        Indicator::Port => "port",
-        Indicator::Ip => "ip",
-    }
-}
-
 fn describe(a: Action) -> &'static str {
     match a {
         Action::Exec => "executed",
         Action::Inventory => "running",
         Action::Connect => "connection",
         Action::DnsQuery => "DNS lookup",
+        Action::Loss => "lost events",
     }
 }
 
@@ -1069,6 +1062,23 @@ mod tests {
         assert_eq!(
             feed(&mut d, &mut t, &[connect(71, "127.0.0.1", 5938, "refused")]).len(),
             1
+        );
+        // and so is a process that took pid 70 after it (another start): not folded into
+        // the first one's window
+        let mut reused = connect(70, "127.0.0.1", 5938, "refused");
+        if let Event::Connect(c) = &mut reused {
+            c.task.start_ns = 7_000_000_000;
+        }
+        let a = feed(&mut d, &mut t, &[reused]);
+        assert_eq!(a.len(), 1, "a reused pid is a new process");
+        assert_eq!(
+            a[0].process
+                .entity_id
+                .as_deref()
+                .map(|id| id.ends_with(":70:700")),
+            Some(true),
+            "{:?}",
+            a[0].process
         );
 
         let mut d = detector("[context]\ndedup_window_secs = 0\n");

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod dns;
 pub mod fault;
 pub mod features;
+pub mod loss;
 pub mod matcher;
 pub mod merge;
 pub mod metrics;

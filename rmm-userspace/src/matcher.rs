@@ -29,6 +29,8 @@ pub enum Indicator {
     Domain,
     Port,
     Ip,
+    /// The daemon's own loss records (never a catalog match).
+    Loss,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,8 @@ pub struct Sources {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub processes: AtomicU64,
+    /// Loss records sent to the sinks.
+    pub loss_records: AtomicU64,
     /// The kernel features the programs run with.
     pub kernel: crate::features::Report,
 }
@@ -134,6 +136,13 @@ impl Collector for Sources {
                 ("malformed", detect.answers_malformed),
                 ("rejected", detect.answers_rejected),
             ],
+        )?;
+        counters(
+            &mut e,
+            "rmm_loss_records",
+            "Loss records sent to the sinks (events the daemon lost, at most one per reason per stats interval)",
+            "kind",
+            [("all", self.loss_records.load(Relaxed))],
         )?;
         counters(
             &mut e,

@@ -23,6 +23,7 @@ pub fn message_id(action: Action) -> &'static str {
         Action::Connect => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a02",
         Action::DnsQuery => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a03",
         Action::Inventory => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a04",
+        Action::Loss => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a05",
     }
 }
 
@@ -37,6 +38,18 @@ pub fn priority(severity: &str) -> Priority {
 
 /// One line for a human: tool, action, process, destination.
 pub fn summary(a: &Alert) -> String {
+    if let Some(l) = &a.rmm.loss {
+        return format!(
+            "rmm-monitor lost {} events ({}{}) since {}: detection was blind to them",
+            l.count,
+            l.reason,
+            l.sink
+                .as_ref()
+                .map(|s| format!(", sink {s}"))
+                .unwrap_or_default(),
+            l.since
+        );
+    }
     let mut s = format!(
         "{} ({}) {} by {} pid {}",
         a.rmm.tool_name,
@@ -46,6 +59,7 @@ pub fn summary(a: &Alert) -> String {
             Action::Connect => "connection",
             Action::DnsQuery => "DNS lookup",
             Action::Inventory => "running",
+            Action::Loss => "lost events",
         },
         if a.process.executable.is_empty() {
             &a.process.name

@@ -319,6 +319,7 @@ mod tests {
                 count: 1,
                 ancestors: vec![],
                 references: vec![],
+                loss: None,
             },
             threat: Threat {
                 framework: "MITRE ATT&CK",

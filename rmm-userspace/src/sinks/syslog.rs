@@ -167,6 +167,9 @@ pub fn format_5424(a: &Alert, facility: u8, hostname: &str, pid: u32) -> Result<
     if !a.process.executable.is_empty() {
         sd.push(("exe", a.process.executable.clone()));
     }
+    if let Some(l) = &a.rmm.loss {
+        sd.push(("lost", l.count.to_string()));
+    }
     if let Some(d) = &a.destination {
         sd.push(("dst_ip", d.ip.to_string()));
         sd.push(("dst_port", d.port.to_string()));

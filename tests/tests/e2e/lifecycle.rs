@@ -309,8 +309,11 @@ fn check_full_rings(wakeup_bytes: &str) {
     let dir = TempDir::new("burst-full");
     let target = burst_target(&dir);
     let (n_exec, n_dns) = (300u64, 300u64);
+    let alerts = dir.path().join("alerts.json");
     // One-page rings hold a single exec record (2 KiB) or six DNS records, read once a second.
     let m = Monitor::start(&[
+        "--json",
+        alerts.to_str().expect("a UTF-8 path"),
         "--proc-ring-bytes",
         "4096",
         "--net-ring-bytes",
@@ -342,6 +345,7 @@ fn check_full_rings(wakeup_bytes: &str) {
         .is_some()
     });
     let printed_before_stop = m.events().len();
+    let stopped_pid = m.pid();
     let stopped = m.stop();
     assert!(
         alive,
@@ -358,6 +362,35 @@ fn check_full_rings(wakeup_bytes: &str) {
             .join("\n")
     );
     stopped.assert_clean();
+    // Every loss reached the alert file as loss records, and they add up to the final
+    // counters, reason by reason.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&alerts)
+        .expect("the alert file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .filter(|a: &serde_json::Value| a["event"]["action"] == "loss")
+        .collect();
+    let finals = stopped.final_stats();
+    let drops = finals["kernel_drops"].as_object().expect("kernel_drops");
+    for (reason, total) in drops {
+        let reported: u64 = records
+            .iter()
+            .filter(|r| r["rmm"]["loss"]["reason"] == reason.as_str())
+            .map(|r| num(&r["rmm"]["loss"], "count"))
+            .sum();
+        assert_eq!(
+            Some(reported),
+            total.as_u64(),
+            "loss records of {reason} add up to the final count: {records:?}"
+        );
+    }
+    let exec_loss = records
+        .iter()
+        .find(|r| r["rmm"]["loss"]["reason"] == "exec_ringbuf_full")
+        .unwrap_or_else(|| panic!("a loss record for the exec drops: {records:?}"));
+    assert_eq!(exec_loss["event"]["kind"], "state", "{exec_loss}");
+    assert_eq!(exec_loss["rule"]["id"], "rmm.monitor.loss", "{exec_loss}");
+    assert_eq!(exec_loss["process"]["pid"], stopped_pid, "{exec_loss}");
     for (what, seen, dropped, issued) in [
         (
             "exec",
