@@ -262,10 +262,19 @@ mod tests {
         assert!(line.contains("lost=\"42\""), "{line}");
         assert!(line.contains("technique=\"T1562\""), "{line}");
         let text = crate::sinks::journald::summary(a);
-        assert!(text.starts_with("rmm-monitor lost 42 events (connect_ringbuf_full) since "), "{text}");
+        assert!(
+            text.starts_with("rmm-monitor lost 42 events (connect_ringbuf_full) since "),
+            "{text}"
+        );
         let fields = crate::sinks::journald::fields(a).expect("fields");
-        assert!(fields.contains(&("RMM_LOSS_COUNT".into(), "42".into())), "{fields:?}");
-        assert!(fields.contains(&("EVENT_KIND".into(), "state".into())), "{fields:?}");
+        assert!(
+            fields.contains(&("RMM_LOSS_COUNT".into(), "42".into())),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&("EVENT_KIND".into(), "state".into())),
+            "{fields:?}"
+        );
     }
 
     #[test]

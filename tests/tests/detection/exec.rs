@@ -469,3 +469,62 @@ fn a_daemonised_tool_keeps_its_suspicious_ancestor() {
     assert_eq!(chain[1]["pid"], std::process::id(), "{a}");
     d.stop();
 }
+
+/// Rules reloads (SIGHUP, also logrotate's reopen of the alert file) every few milliseconds
+/// through an exec storm of a catalog binary lose no alert and repeat none: each of the N
+/// processes is alerted exactly once (de-duplication is per process).
+#[test]
+fn reloads_during_an_exec_storm_lose_no_alert() {
+    root_or_skip!("reloads_during_an_exec_storm_lose_no_alert");
+    let dir = Daemon::dir("reload-storm");
+    let target = dir.copy_executable("/usr/bin/true", "anydesk");
+    let target = path_str(&target).to_owned();
+    let d = Daemon::start_in(dir, &[]);
+    let daemon = d.m.pid() as libc::pid_t;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hups = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: kill(2) on the daemon, our own child, which has not been reaped.
+                assert_eq!(unsafe { libc::kill(daemon, libc::SIGHUP) }, 0);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    const N: usize = 300;
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let run = helper(&["burst", &(N / 3).to_string(), &target]);
+        assert_eq!(run.get("failed"), "0", "every exec ran");
+    }
+    let alerts = crate::wait_alerts_in(&d.alerts, "for every exec of the storm", N, |a| {
+        a["event"]["action"] == "exec" && a["process"]["executable"] == target.as_str()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = hups.join().expect("the SIGHUP thread");
+    for a in &alerts {
+        assert_match(a, "anydesk", "binary", "anydesk", "exec");
+        pids.insert(a["process"]["pid"].as_u64().expect("a pid"));
+    }
+    assert_eq!(pids.len(), N, "one alert per process");
+    let f = d.stop();
+    let all: Vec<&rmm_tests::Value> = f
+        .alerts
+        .iter()
+        .filter(|a| a["process"]["executable"] == target.as_str())
+        .collect();
+    assert_eq!(
+        all.len(),
+        N,
+        "no alert lost or repeated through {sent} reloads"
+    );
+    let reloads = f.detection["reloads"].as_u64().unwrap_or(0);
+    assert!(
+        reloads >= 10,
+        "the rules were reloaded during the storm: {reloads} of {sent} SIGHUPs"
+    );
+}
