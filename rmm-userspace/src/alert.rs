@@ -35,6 +35,8 @@ pub enum Action {
     Inventory,
     /// The daemon's own: events it lost (`event.kind: state`, `rmm.loss`).
     Loss,
+    /// The daemon's own: someone other than its supervisor stopped or reloaded it.
+    Tamper,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -106,11 +108,16 @@ impl Threat {
     /// What a blind spot of the monitor serves (ATT&CK T1562, Impair Defenses): the record
     /// says that detection was impaired, whatever the cause.
     pub fn impair_defenses() -> Threat {
+        Threat::attack("T1562", "Impair Defenses")
+    }
+
+    /// An ATT&CK technique.
+    pub fn attack(id: &str, name: &'static str) -> Threat {
         Threat {
             framework: "MITRE ATT&CK",
             technique: Technique {
-                id: "T1562".into(),
-                name: "Impair Defenses",
+                id: id.into(),
+                name,
             },
         }
     }
@@ -219,6 +226,29 @@ pub struct Host {
 }
 
 impl RmmFields {
+    /// The daemon's own records (loss, tamper): tool `rmm-monitor`, no context, ancestors or
+    /// references.
+    pub fn monitor(
+        indicator: Indicator,
+        matched: String,
+        severity: &'static str,
+        count: u64,
+        loss: Option<LossFields>,
+    ) -> RmmFields {
+        RmmFields {
+            tool: "rmm-monitor".into(),
+            tool_name: "rmm-monitor".into(),
+            indicator,
+            matched,
+            context: vec![],
+            severity,
+            count,
+            ancestors: vec![],
+            references: vec![],
+            loss,
+        }
+    }
+
     pub fn indicator_name(&self) -> &'static str {
         indicator_name(self.indicator)
     }
@@ -233,6 +263,7 @@ pub fn indicator_name(i: Indicator) -> &'static str {
         Indicator::Port => "port",
         Indicator::Ip => "ip",
         Indicator::Loss => "loss",
+        Indicator::Tamper => "tamper",
     }
 }
 

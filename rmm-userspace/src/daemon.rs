@@ -35,6 +35,7 @@ use crate::{
     reader,
     sinks::{Deliver, SinkReport, SinkSet, journald, json::JsonSink, syslog},
     stats::{KernelDrops, Snapshot, Stats},
+    tamper,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +135,10 @@ pub enum Msg {
     Batch(reader::Drained),
     Reload(Arc<Compiled>),
     Ping,
+    /// A stop or reload signal and its sender, at kernel time `.1`: the processor names the
+    /// sender from its process table once the records up to then are in (the sender of a
+    /// `kill` has usually exited by the time /proc could be read).
+    Signal(tamper::Sender, u64),
 }
 
 /// Says, when dropped, that a part of the pipeline (the processor, a reader) has ended: on its
@@ -285,6 +290,20 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Over tokio's handlers, to learn who sends them.
+    tamper::install().context("installing the signal-sender handler")?;
+    let hostname = crate::detect::hostname();
+    let who_sent = |sig: libc::c_int| {
+        if let Some(s) = tamper::last_sender(sig) {
+            // Sent, not awaited: a full channel must not hold up a stop (the sender is then
+            // named from /proc alone, here).
+            if let Err(e) = reload_tx.try_send(Msg::Signal(s, merge::kernel_now_ns()))
+                && let Msg::Signal(s, _) = e.into_inner()
+            {
+                tamper::report(&s, &sinks, &hostname);
+            }
+        }
+    };
 
     let off = loaded.report.off();
     log::info!(
@@ -331,7 +350,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let mut last = stats.snapshot(&drops);
     // Losses go to the sinks as records of their own, at most one per reason per interval.
     let mut losses = LossReports::new(
-        Reporter::this_process(crate::detect::hostname()),
+        Reporter::this_process(hostname.clone()),
         opts.stats_interval,
     );
     let report_losses = |losses: &mut LossReports, snap: &Snapshot, force: bool| {
@@ -344,8 +363,16 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     let mut died = None;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { log::info!("SIGTERM: draining and stopping"); break; }
-            _ = sigint.recv() => { log::info!("SIGINT: draining and stopping"); break; }
+            _ = sigterm.recv() => {
+                who_sent(libc::SIGTERM);
+                log::info!("SIGTERM: draining and stopping");
+                break;
+            }
+            _ = sigint.recv() => {
+                who_sent(libc::SIGINT);
+                log::info!("SIGINT: draining and stopping");
+                break;
+            }
             Some(part) = ended_rx.recv() => {
                 log::error!("the {part} stopped while the daemon runs: stopping with an error, for the service manager to restart the daemon");
                 died = Some(part);
@@ -371,6 +398,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 let _ = reload_tx.try_send(Msg::Ping);
             }
             _ = sighup.recv() => {
+                who_sent(libc::SIGHUP);
                 let reloading = sd_notify::NotifyState::monotonic_usec_now();
                 let mut states = vec![sd_notify::NotifyState::Reloading];
                 if let Ok(m) = reloading {
@@ -608,15 +636,17 @@ fn process(
     // /proc, at most once per RECONCILE_EVERY.
     let mut proc_lost = sources.drops.process_records_lost();
     let mut last_reconcile = std::time::Instant::now();
+    let hostname = crate::detect::hostname();
+    let mut signals = Vec::new();
     while open {
         match rx.blocking_recv() {
-            Some(msg) => receive(msg, &mut merger, &mut reload, heartbeat),
+            Some(msg) => receive(msg, &mut merger, &mut reload, &mut signals, heartbeat),
             None => open = false,
         }
         // Take what else is waiting, up to a reload (applied between two batches).
         while open && reload.is_none() {
             match rx.try_recv() {
-                Ok(msg) => receive(msg, &mut merger, &mut reload, heartbeat),
+                Ok(msg) => receive(msg, &mut merger, &mut reload, &mut signals, heartbeat),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
@@ -653,6 +683,15 @@ fn process(
             }
             out.clear();
         }
+        // Signal senders, once the records up to the signal are in the table.
+        signals.retain_mut(|(s, at): &mut (tamper::Sender, u64)| {
+            if open && merger.watermark() < *at {
+                return true;
+            }
+            s.complete_from(&table);
+            tamper::report(s, &sinks, &hostname);
+            false
+        });
         if let Some(c) = reload.take() {
             detector.reload(c);
         }
@@ -699,6 +738,7 @@ fn receive(
     msg: Msg,
     merger: &mut Merger,
     reload: &mut Option<Arc<Compiled>>,
+    signals: &mut Vec<(tamper::Sender, u64)>,
     heartbeat: &AtomicU64,
 ) {
     heartbeat.fetch_add(1, Relaxed);
@@ -706,6 +746,7 @@ fn receive(
         Msg::Batch(d) => merger.push(d.ring, d.records, d.read_to),
         Msg::Reload(c) => *reload = Some(c),
         Msg::Ping => {}
+        Msg::Signal(s, at) => signals.push((s, at)),
     }
 }
 

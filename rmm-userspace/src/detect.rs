@@ -601,6 +601,7 @@ impl Detector {
                     Action::Exec | Action::Inventory => "process",
                     Action::Connect | Action::DnsQuery => "network",
                     Action::Loss => "host",
+                    Action::Tamper => "process",
                 }],
                 action: s.action,
                 severity: severity.score(),
@@ -704,6 +705,7 @@ fn describe(a: Action) -> &'static str {
         Action::Connect => "connection",
         Action::DnsQuery => "DNS lookup",
         Action::Loss => "lost events",
+        Action::Tamper => "stopped or reloaded",
     }
 }
 

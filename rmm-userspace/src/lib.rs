@@ -24,4 +24,5 @@ pub mod reader;
 pub mod rules_cmd;
 pub mod sinks;
 pub mod stats;
+pub mod tamper;
 pub mod tracefs;

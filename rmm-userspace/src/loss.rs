@@ -150,23 +150,18 @@ fn record(r: &Reporter, key: &LossKey, count: u64, since: u128, wall_ns: u128) -
             id: "rmm.monitor.loss".into(),
             name: format!("rmm-monitor lost events: {what}"),
         },
-        rmm: RmmFields {
-            tool: "rmm-monitor".into(),
-            tool_name: "rmm-monitor".into(),
-            indicator: Indicator::Loss,
-            matched: what,
-            context: vec![],
-            severity: "medium",
+        rmm: RmmFields::monitor(
+            Indicator::Loss,
+            what,
+            "medium",
             count,
-            ancestors: vec![],
-            references: vec![],
-            loss: Some(LossFields {
+            Some(LossFields {
                 reason: reason.clone(),
                 sink: sink.clone(),
                 count,
                 since: rfc3339(since),
             }),
-        },
+        ),
         threat: Threat::impair_defenses(),
         process: ProcessFields {
             pid: r.pid,

@@ -31,6 +31,8 @@ pub enum Indicator {
     Ip,
     /// The daemon's own loss records (never a catalog match).
     Loss,
+    /// The daemon's own: the sender of a stop or reload signal.
+    Tamper,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -94,6 +94,11 @@ impl Merger {
         self.take(n, out);
     }
 
+    /// Kernel time up to which every ring has been read: records up to it are released.
+    pub fn watermark(&self) -> u64 {
+        self.read_to.iter().copied().min().unwrap_or(0)
+    }
+
     pub fn held(&self) -> usize {
         self.held.len()
     }

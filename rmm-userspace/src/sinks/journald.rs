@@ -24,6 +24,7 @@ pub fn message_id(action: Action) -> &'static str {
         Action::DnsQuery => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a03",
         Action::Inventory => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a04",
         Action::Loss => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a05",
+        Action::Tamper => "5c4b1ab0a3d94e5b9a6f2f8d1e7c3a06",
     }
 }
 
@@ -60,6 +61,7 @@ pub fn summary(a: &Alert) -> String {
             Action::DnsQuery => "DNS lookup",
             Action::Inventory => "running",
             Action::Loss => "lost events",
+            Action::Tamper => "stopped or reloaded rmm-monitor",
         },
         if a.process.executable.is_empty() {
             &a.process.name

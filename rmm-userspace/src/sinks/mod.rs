@@ -288,10 +288,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        alert::{
-            Action, EventFields, Host, ProcessFields, RmmFields, RuleFields, Technique, Threat,
-            UserRef,
-        },
+        alert::{Action, EventFields, Host, ProcessFields, RmmFields, RuleFields, Threat, UserRef},
         matcher::Indicator,
     };
 
@@ -321,13 +318,7 @@ mod tests {
                 references: vec![],
                 loss: None,
             },
-            threat: Threat {
-                framework: "MITRE ATT&CK",
-                technique: Technique {
-                    id: "T1219".into(),
-                    name: "Remote Access Tools",
-                },
-            },
+            threat: Threat::attack("T1219", "Remote Access Tools"),
             process: ProcessFields {
                 pid: n,
                 entity_id: None,

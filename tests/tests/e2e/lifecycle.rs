@@ -578,3 +578,61 @@ fn a_hung_processor_withholds_the_watchdog_and_cannot_block_the_stop() {
         "the daemon says what it could not stop; stderr:\n{err}"
     );
 }
+
+/// A stop by anyone but the daemon's supervisor (PID 1, or the process that started it) is
+/// an alert naming the sender, delivered before the daemon exits: here procps' `kill`, a second
+/// process. A stop by the supervisor (this test process) is only logged.
+#[test]
+fn a_stop_by_another_process_is_an_alert_naming_it() {
+    root_or_skip!("a_stop_by_another_process_is_an_alert_naming_it");
+    let dir = TempDir::new("tamper");
+    let alerts = dir.path().join("alerts.json");
+    let alerts_arg = alerts.to_str().expect("a UTF-8 path").to_owned();
+    let m = Monitor::start(&["--json", &alerts_arg]);
+    let mut kill = std::process::Command::new("/bin/kill")
+        .args(["-TERM", &m.pid().to_string()])
+        .spawn()
+        .expect("running /bin/kill");
+    let killer = kill.id();
+    assert!(kill.wait().expect("kill ran").success());
+    let stopped = m.wait_exit(rmm_tests::monitor::stop_timeout());
+    assert_eq!(stopped.status.code(), Some(0), "a clean stop");
+    let log = stopped.stderr.join("\n");
+    assert!(
+        log.contains(&format!("SIGTERM from pid {killer} (")),
+        "the log names the sender: {log}"
+    );
+    let tamper: Vec<Value> = std::fs::read_to_string(&alerts)
+        .expect("the alert file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .filter(|a: &Value| a["event"]["action"] == "tamper")
+        .collect();
+    assert_eq!(tamper.len(), 1, "one tamper alert: {tamper:?}");
+    let a = &tamper[0];
+    let kill_exe = std::fs::canonicalize("/bin/kill").expect("kill's path");
+    assert_eq!(a["process"]["pid"], killer, "{a}");
+    assert_eq!(
+        a["process"]["executable"],
+        kill_exe.to_str().unwrap(),
+        "{a}"
+    );
+    assert_eq!(a["process"]["parent"]["pid"], std::process::id(), "{a}");
+    assert_eq!(a["rmm"]["indicator"], "tamper", "{a}");
+    assert_eq!(a["rmm"]["matched"], "SIGTERM", "{a}");
+    assert_eq!(a["rule"]["id"], "rmm.monitor.tamper", "{a}");
+    assert_eq!(a["threat"]["technique"]["id"], "T1562.001", "{a}");
+
+    // The supervisor's stop: logged, no alert.
+    let alerts2 = dir.path().join("alerts2.json");
+    let m = Monitor::start(&["--json", alerts2.to_str().expect("a UTF-8 path")]);
+    let stopped = m.stop();
+    stopped.assert_clean();
+    let log = stopped.stderr.join("\n");
+    assert!(
+        log.contains(&format!("SIGTERM from pid {} (", std::process::id())),
+        "{log}"
+    );
+    let text = std::fs::read_to_string(&alerts2).unwrap_or_default();
+    assert!(!text.contains("\"tamper\""), "no tamper alert: {text}");
+}
