@@ -316,7 +316,7 @@ impl ProcTable {
     /// has that /proc lacks exited (their exit is recorded now), and processes /proc has that
     /// it lacks are read.
     pub fn reconcile(&mut self, proc_root: &Path) -> io::Result<Reconciled> {
-        let mut present = HashSet::new();
+        let mut present: HashSet<u32> = HashSet::new();
         for entry in fs::read_dir(proc_root)?.flatten() {
             if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
                 present.insert(pid);
@@ -336,10 +336,26 @@ impl ProcTable {
             done.gone += 1;
         }
         for pid in present {
-            if self.procs.contains_key(&pid) && !self.tombstones.contains_key(&pid) {
-                continue;
+            let dir = proc_root.join(pid.to_string());
+            if let Some(p) = self
+                .procs
+                .get(&pid)
+                .filter(|_| !self.tombstones.contains_key(&pid))
+            {
+                // The same process, unless /proc shows another start: then the entry is a
+                // process whose exit was lost, and the pid's new owner replaces it.
+                let now_there = fs::read_to_string(dir.join("stat"))
+                    .ok()
+                    .and_then(|s| parse_stat(&s))
+                    .map(|(_, _, ticks)| ticks);
+                match now_there {
+                    Some(ticks) if p.start_ns != 0 && p.start_ns / tick_ns() != ticks => {
+                        done.gone += 1;
+                    }
+                    _ => continue,
+                }
             }
-            if let Ok(mut p) = read_proc(&proc_root.join(pid.to_string()), pid) {
+            if let Ok(mut p) = read_proc(&dir, pid) {
                 p.id = self.new_id();
                 p.seen_ns = now;
                 self.tombstones.remove(&pid);
@@ -881,6 +897,27 @@ mod tests {
         assert!(!t.alive(u32::MAX - 1));
         assert!(r.added > 1, "every process /proc has was missing: {r:?}");
         assert!(t.alive(std::process::id()));
+    }
+
+    /// An entry whose pid /proc shows with another start is a process whose exit was lost:
+    /// reconciling replaces it with the pid's present owner.
+    #[test]
+    fn reconcile_replaces_an_entry_whose_pid_has_a_new_owner() {
+        let me = std::process::id();
+        let mut t = ProcTable::default();
+        t.apply(&with_starts(exec_ev(me, 1, "/usr/bin/anydesk", 1), 7, 0));
+        let r = t.reconcile(Path::new("/proc")).expect("/proc readable");
+        assert!(r.gone >= 1 && r.added >= 1, "{r:?}");
+        let p = t.get(me).expect("present");
+        assert_ne!(
+            p.executable, "/usr/bin/anydesk",
+            "replaced by what /proc shows"
+        );
+        assert!(p.start_ns > 7, "{p:?}");
+        // Reconciling again changes nothing for it.
+        let id = p.id;
+        t.reconcile(Path::new("/proc")).expect("/proc readable");
+        assert_eq!(t.get(me).map(|p| p.id), Some(id));
     }
 
     #[test]
