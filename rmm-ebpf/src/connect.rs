@@ -10,8 +10,8 @@ use rmm_common::{AF_INET, AF_INET6, ConnectEvent, DropReason, EventKind, connect
 
 use crate::{
     maps::{
-        CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop, fields,
-        fill_header_task, has_feature, submit_flags,
+        CONNECT_MARK, ConnectMark, NET_EVENTS, PENDING_CONNECT, PendingConnect, count_drop,
+        current_start, fields, fill_header_start, has_feature, submit_flags,
     },
     stage::Slot,
 };
@@ -92,7 +92,8 @@ fn emit(p: &PendingConnect, ret: i32, source: u8) {
 fn fill(ev: &mut ConnectEvent, p: &PendingConnect, ret: i32, source: u8) {
     // The cgroup hook may not be able to read the current task (`feature::SOCK_ADDR_TASK`).
     let with_start = source == connect_source::SYSCALL || has_feature(feature::SOCK_ADDR_TASK);
-    fill_header_task(&mut ev.hdr, EventKind::Connect, with_start);
+    let start = if with_start { current_start() } else { 0 };
+    fill_header_start(&mut ev.hdr, EventKind::Connect, start);
     ev.ret = ret;
     ev.fd = p.fd;
     ev.family = p.family;

@@ -175,19 +175,21 @@ pub fn submit_flags(ring: &RingBuf) -> u64 {
 /// Fills the common header from the current task.
 #[inline(always)]
 pub fn fill_header(hdr: &mut Header, kind: EventKind) {
-    fill_header_task(hdr, kind, true);
+    fill_header_start(hdr, kind, current_start());
 }
 
-/// Fills the common header from the current task; its start only when `with_start` (false
-/// where the program type cannot call `bpf_get_current_task`: the field is 0 then).
+/// The current task's process start (see [`process_start`]).
 #[inline(always)]
-pub fn fill_header_task(hdr: &mut Header, kind: EventKind, with_start: bool) {
-    hdr.start_ns = if with_start {
-        // SAFETY: helper without arguments.
-        process_start(unsafe { bpf_get_current_task() })
-    } else {
-        0
-    };
+pub fn current_start() -> u64 {
+    // SAFETY: helper without arguments.
+    process_start(unsafe { bpf_get_current_task() })
+}
+
+/// Fills the common header from the current task, with the process start the caller read
+/// (0 where the program type cannot call `bpf_get_current_task`).
+#[inline(always)]
+pub fn fill_header_start(hdr: &mut Header, kind: EventKind, start_ns: u64) {
+    hdr.start_ns = start_ns;
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     hdr.kind = kind as u32;

@@ -18,8 +18,8 @@ use rmm_common::{
 use crate::{
     kernel::{read, read_ptr},
     maps::{
-        PENDING_CONNECT, PROC_EVENTS, count_drop, fields, fill_header, has_feature, offsets,
-        process_start, submit_flags,
+        PENDING_CONNECT, PROC_EVENTS, count_drop, fields, fill_header, fill_header_start,
+        has_feature, offsets, process_start, submit_flags,
     },
     path::resolve_file_path,
 };
@@ -45,7 +45,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
-    fill_header(&mut ev.hdr, EventKind::Exec);
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    fill_header_start(&mut ev.hdr, EventKind::Exec, process_start(task));
     ev.ppid = 0;
     ev.flags = 0;
     ev.filename_len = 0;
@@ -74,8 +76,6 @@ fn fill_exec(ctx: &TracePointContext, ev: &mut ExecEvent) {
         ev.flags |= exec_flags::NO_OFFSETS;
         return;
     }
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() };
     if let Some(parent) = read_ptr(task, off.task_real_parent) {
         ev.ppid = read::<u32>(parent, off.task_tgid).unwrap_or(0);
         ev.parent_start_ns = process_start(parent);
@@ -135,19 +135,28 @@ pub fn task_newtask_raw(ctx: RawTracePointContext) -> i32 {
     let Some(tgid) = read::<u32>(child, off.task_tgid) else {
         return 0;
     };
+    // A new process leads its own thread group: its start is the process's.
+    emit_fork(
+        tgid,
+        read::<u64>(child, off.task_start_boottime).unwrap_or(0),
+    );
+    0
+}
+
+/// Reports a new process; the header describes the parent (the current task).
+#[inline(always)]
+fn emit_fork(child_tgid: u32, child_start_ns: u64) {
     let Some(mut entry) = PROC_EVENTS.reserve::<ForkEvent>(0) else {
         count_drop(DropReason::ForkReserve);
-        return 0;
+        return;
     };
     // SAFETY: the entry is ours until submit; every field is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.hdr, EventKind::Fork);
-    ev.child_tgid = tgid;
+    ev.child_tgid = child_tgid;
     ev._pad0 = 0;
-    // A new process leads its own thread group: its start is the process's.
-    ev.child_start_ns = read::<u64>(child, off.task_start_boottime).unwrap_or(0);
+    ev.child_start_ns = child_start_ns;
     entry.submit(submit_flags(&PROC_EVENTS));
-    0
 }
 
 /// `task/task_newtask`, where the struct offsets are unknown: reads `pid` and `clone_flags`
@@ -165,17 +174,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     if clone_flags & CLONE_THREAD != 0 {
         return 0;
     }
-    let Some(mut entry) = PROC_EVENTS.reserve::<ForkEvent>(0) else {
-        count_drop(DropReason::ForkReserve);
-        return 0;
-    };
-    // SAFETY: the entry is ours until submit; every field is written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, EventKind::Fork);
-    ev.child_tgid = child as u32;
-    ev._pad0 = 0;
-    ev.child_start_ns = 0;
-    entry.submit(submit_flags(&PROC_EVENTS));
+    emit_fork(child as u32, 0);
     0
 }
 

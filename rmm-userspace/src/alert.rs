@@ -26,6 +26,35 @@ pub struct Alert {
     pub host: Host,
 }
 
+impl Alert {
+    /// One of the daemon's own records (loss, tamper): no destination, DNS or container.
+    pub fn own(
+        wall_ns: u128,
+        event: EventFields,
+        rule: RuleFields,
+        rmm: RmmFields,
+        threat: Threat,
+        process: ProcessFields,
+        hostname: &str,
+    ) -> Alert {
+        Alert {
+            timestamp: rfc3339(wall_ns),
+            event,
+            rule,
+            rmm,
+            threat,
+            process,
+            destination: None,
+            dns: None,
+            container: None,
+            orchestrator: None,
+            host: Host {
+                hostname: hostname.to_owned(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -273,6 +302,29 @@ pub fn technique_name(id: &str) -> &'static str {
     } else {
         "Remote Access Tools"
     }
+}
+
+/// Now, in nanoseconds since the epoch.
+pub fn wall_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The wall-clock time of `ns` on `clock` (CLOCK_MONOTONIC, CLOCK_BOOTTIME; 0: now). The
+/// offset between the clocks is taken at each call, not once: a clock step or a suspend
+/// would otherwise shift every later time.
+pub fn wall_of(clock: libc::clockid_t, ns: u64) -> u128 {
+    let wall = wall_now_ns() as i128;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    let now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let ns = if ns == 0 { now } else { i128::from(ns) };
+    (wall - (now - ns)).max(0) as u128
 }
 
 /// RFC 3339 UTC with nanoseconds, from nanoseconds since the epoch.

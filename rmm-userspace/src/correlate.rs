@@ -206,7 +206,7 @@ impl Correlation {
                     pid: by,
                     start_ns: by_start,
                 } => {
-                    (by == pid && (by_start == 0 || start_ns == 0 || by_start == start_ns))
+                    (by == pid && crate::proctable::same_start(by_start, start_ns))
                         || lineage
                             .get_or_insert_with(|| {
                                 table

@@ -23,6 +23,7 @@ use tokio::{
 };
 
 use crate::{
+    alert::wall_now_ns,
     catalog::{RuleSources, Rules},
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
@@ -761,10 +762,4 @@ fn publish(sources: &metrics::Sources, detector: &Detector, table: &ProcTable) {
 fn write_json(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, ev)?;
     out.write_all(b"\n")
-}
-
-fn wall_now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }

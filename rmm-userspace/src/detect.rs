@@ -15,7 +15,7 @@ use crate::{
     alert::{
         Action, Alert, ContainerFields, Destination, DnsFields, DnsQuestion, EventFields, Host,
         Orchestrator, OrchestratorResource, ProcessFields, ProcessRef, RmmFields, RuleFields,
-        Technique, Threat, UserRef, indicator_name, rfc3339, technique_name,
+        Technique, Threat, UserRef, indicator_name, rfc3339, technique_name, wall_of,
     },
     catalog::{Proto, Rules, UserRef as RuleUser},
     context::{
@@ -166,26 +166,11 @@ fn identity(boot_id: &str, pid: u32, start_ns: u64) -> (Option<String>, Option<S
     if start_ns == 0 {
         return (None, None);
     }
-    let ticks = start_ns / crate::proctable::tick_ns();
+    let ticks = crate::proctable::ticks(start_ns);
     (
         Some(format!("{boot_id}:{pid}:{ticks}")),
-        Some(rfc3339(boot_wall_ns(start_ns))),
+        Some(rfc3339(wall_of(libc::CLOCK_BOOTTIME, start_ns))),
     )
-}
-
-/// The wall-clock time of CLOCK_BOOTTIME `ns`.
-fn boot_wall_ns(ns: u64) -> u128 {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-    (wall - (now - i128::from(ns))).max(0) as u128
 }
 
 fn boot_id() -> String {
@@ -199,12 +184,7 @@ fn boot_id() -> String {
 /// taken at each alert, not once at start: a clock step (NTP, an operator) or a suspend, which
 /// stops CLOCK_MONOTONIC, would otherwise shift every later alert's `@timestamp`.
 fn wall_time_ns(ts_ns: u64) -> u128 {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    let now = crate::merge::kernel_now_ns();
-    let ts = if ts_ns == 0 { now } else { ts_ns };
-    (wall - (i128::from(now) - i128::from(ts))).max(0) as u128
+    wall_of(libc::CLOCK_MONOTONIC, ts_ns)
 }
 
 /// `host.hostname`: `$RMM_HOSTNAME` when set (in a Kubernetes pod the UTS name is the pod's:
@@ -514,7 +494,7 @@ impl Detector {
             .filter(|&n| n != 0)
             .or(proc_.map(|p| p.start_ns))
             .unwrap_or(0);
-        let start_tick = start_ns / crate::proctable::tick_ns();
+        let start_tick = crate::proctable::ticks(start_ns);
         let key = (
             tool.id.clone(),
             pid,
@@ -586,13 +566,17 @@ impl Detector {
         let epoch_ns = wall_time_ns(ts_ns);
         *self.stats.alerts.entry(tool.id.clone()).or_default() += 1;
         let boot_id = self.boot_id.as_str();
-        let pref = |p: &Proc| ProcessRef {
-            pid: p.pid,
-            entity_id: identity(boot_id, p.pid, p.start_ns).0,
-            start: identity(boot_id, p.pid, p.start_ns).1,
-            name: p.comm.clone(),
-            executable: p.executable.clone(),
+        let pref = |p: &Proc| {
+            let (entity_id, start) = identity(boot_id, p.pid, p.start_ns);
+            ProcessRef {
+                pid: p.pid,
+                entity_id,
+                start,
+                name: p.comm.clone(),
+                executable: p.executable.clone(),
+            }
         };
+        let (entity_id, start) = identity(&self.boot_id, pid, start_ns);
         Some(Alert {
             timestamp: rfc3339(epoch_ns),
             event: EventFields {
@@ -637,8 +621,8 @@ impl Detector {
             },
             process: ProcessFields {
                 pid,
-                entity_id: identity(&self.boot_id, pid, start_ns).0,
-                start: identity(&self.boot_id, pid, start_ns).1,
+                entity_id,
+                start,
                 name,
                 executable,
                 args: proc_.map(|p| p.args.clone()).unwrap_or_default(),

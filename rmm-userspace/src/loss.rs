@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     alert::{
-        Action, Alert, EventFields, Host, LossFields, ProcessFields, RmmFields, RuleFields, Threat,
+        Action, Alert, EventFields, LossFields, ProcessFields, RmmFields, RuleFields, Threat,
         UserRef, rfc3339,
     },
     matcher::Indicator,
@@ -137,20 +137,20 @@ fn record(r: &Reporter, key: &LossKey, count: u64, since: u128, wall_ns: u128) -
         Some(s) => format!("{reason} ({s})"),
         None => reason.clone(),
     };
-    Alert {
-        timestamp: rfc3339(wall_ns),
-        event: EventFields {
+    Alert::own(
+        wall_ns,
+        EventFields {
             kind: "state",
             category: vec!["host"],
             action: Action::Loss,
             severity: 47,
             outcome: None,
         },
-        rule: RuleFields {
+        RuleFields {
             id: "rmm.monitor.loss".into(),
             name: format!("rmm-monitor lost events: {what}"),
         },
-        rmm: RmmFields::monitor(
+        RmmFields::monitor(
             Indicator::Loss,
             what,
             "medium",
@@ -162,8 +162,8 @@ fn record(r: &Reporter, key: &LossKey, count: u64, since: u128, wall_ns: u128) -
                 since: rfc3339(since),
             }),
         ),
-        threat: Threat::impair_defenses(),
-        process: ProcessFields {
+        Threat::impair_defenses(),
+        ProcessFields {
             pid: r.pid,
             entity_id: None,
             start: None,
@@ -176,14 +176,8 @@ fn record(r: &Reporter, key: &LossKey, count: u64, since: u128, wall_ns: u128) -
             },
             parent: None,
         },
-        destination: None,
-        dns: None,
-        container: None,
-        orchestrator: None,
-        host: Host {
-            hostname: r.hostname.clone(),
-        },
-    }
+        &r.hostname,
+    )
 }
 
 #[cfg(test)]

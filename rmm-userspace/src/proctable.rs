@@ -68,12 +68,9 @@ impl Proc {
 
     /// Whether a record's start matches this entry's (see [`Proc::is`]).
     pub fn started_at(&self, start_ns: u64) -> bool {
-        if start_ns == 0 || self.start_ns == 0 {
-            return true;
-        }
         match self.start_tick_ns {
-            0 => self.start_ns == start_ns,
-            tick => self.start_ns / tick == start_ns / tick,
+            0 => same_start(self.start_ns, start_ns),
+            tick => same_start(self.start_ns, start_ns) || self.start_ns / tick == start_ns / tick,
         }
     }
 
@@ -349,7 +346,7 @@ impl ProcTable {
                     .and_then(|s| parse_stat(&s))
                     .map(|(_, _, ticks)| ticks);
                 match now_there {
-                    Some(ticks) if p.start_ns != 0 && p.start_ns / tick_ns() != ticks => {
+                    Some(t) if p.start_ns != 0 && ticks(p.start_ns) != t => {
                         done.gone += 1;
                     }
                     _ => continue,
@@ -559,6 +556,16 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
         seen_ns: 0,
         from_proc: true,
     })
+}
+
+/// A start in the clock ticks of `/proc/PID/stat` (what `process.entity_id` holds).
+pub fn ticks(start_ns: u64) -> u64 {
+    start_ns / tick_ns()
+}
+
+/// Whether two exact starts are one process's (an unknown start, 0, matches any).
+pub fn same_start(a: u64, b: u64) -> bool {
+    a == 0 || b == 0 || a == b
 }
 
 /// The length of the clock tick that `/proc/PID/stat` counts in (`_SC_CLK_TCK`, 100 on Linux).

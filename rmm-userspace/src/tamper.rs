@@ -13,8 +13,8 @@ use anyhow::{Result, bail};
 
 use crate::{
     alert::{
-        Action, Alert, EventFields, Host, ProcessFields, ProcessRef, RmmFields, RuleFields, Threat,
-        UserRef, rfc3339,
+        Action, Alert, EventFields, ProcessFields, ProcessRef, RmmFields, RuleFields, Threat,
+        UserRef,
     },
     matcher::Indicator,
 };
@@ -203,10 +203,7 @@ pub fn report(s: &Sender, sinks: &crate::sinks::SinkSet, hostname: &str) {
         return;
     }
     log::warn!("{}: not the daemon's supervisor, alerting", s.describe());
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    sinks.dispatch(alert(s, wall, hostname));
+    sinks.dispatch(alert(s, crate::alert::wall_now_ns(), hostname));
 }
 
 /// The `tamper` alert for a signal from anyone else than the supervisor.
@@ -216,22 +213,22 @@ pub fn alert(s: &Sender, wall_ns: u128, hostname: &str) -> Alert {
     } else {
         "stopped"
     };
-    Alert {
-        timestamp: rfc3339(wall_ns),
-        event: EventFields {
+    Alert::own(
+        wall_ns,
+        EventFields {
             kind: "alert",
             category: vec!["process"],
             action: Action::Tamper,
             severity: 73,
             outcome: None,
         },
-        rule: RuleFields {
+        RuleFields {
             id: "rmm.monitor.tamper".into(),
             name: format!("rmm-monitor {doing} by pid {} ({})", s.pid, s.signal),
         },
-        rmm: RmmFields::monitor(Indicator::Tamper, s.signal.into(), "high", 1, None),
-        threat: Threat::attack("T1562.001", "Disable or Modify Tools"),
-        process: ProcessFields {
+        RmmFields::monitor(Indicator::Tamper, s.signal.into(), "high", 1, None),
+        Threat::attack("T1562.001", "Disable or Modify Tools"),
+        ProcessFields {
             pid: s.pid,
             entity_id: None,
             start: None,
@@ -249,14 +246,8 @@ pub fn alert(s: &Sender, wall_ns: u128, hostname: &str) -> Alert {
                     .unwrap_or_default(),
             }),
         },
-        destination: None,
-        dns: None,
-        container: None,
-        orchestrator: None,
-        host: Host {
-            hostname: hostname.to_owned(),
-        },
-    }
+        hostname,
+    )
 }
 
 #[cfg(test)]
