@@ -30,7 +30,7 @@ use crate::{
     fault,
     loss::{self, LossReports, Reporter},
     merge::{self, Merger},
-    metrics,
+    metrics, privs,
     probes::{self, LoadOptions},
     proctable::{ProcTable, SeedReport},
     reader,
@@ -181,6 +181,22 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     );
 
     let mut loaded = probes::load_and_attach(&opts.load)?;
+    // Attached: what only the attach needed goes (see privs.rs for what stays and why). The
+    // processor, started below, inherits this and keeps it; this thread drops to its own
+    // part once the processor runs.
+    match privs::keep_only(privs::PROCESSOR) {
+        Ok(d) => log::info!(
+            "privileges: attached, keeping {}; dropped {}{}",
+            privs::names(d.kept),
+            privs::count_or_names(d.permitted),
+            if d.bounding != 0 {
+                " (also from the bounding set)"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => log::error!("cannot drop capabilities after the attach: {e:#}"),
+    }
     let stats = Arc::new(Stats::default());
     let drops = Arc::new(KernelDrops::new(
         PerCpuArray::try_from(loaded.ebpf.take_map("DROPS").context("map DROPS missing")?)
@@ -306,6 +322,17 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         }
     };
 
+    privs::thread_keeps("main", privs::RUNTIME);
+    // Every thread has dropped by now (the workers as they started, the processor before
+    // reading /proc); one that holds more is a bug worth knowing.
+    match privs::threads_beyond(privs::PROCESSOR) {
+        Ok(over) if !over.is_empty() => log::error!(
+            "threads holding capabilities the daemon does not need: {}",
+            over.join("; ")
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot check the threads' capabilities: {e:#}"),
+    }
     let off = loaded.report.off();
     log::info!(
         "ready: {} probes attached ({}); {} processes from /proc ({} unreadable), {} RMM processes already running; kernel {}, {}",
@@ -603,6 +630,7 @@ fn process(
     // A local, dropped before the parameters: the end is announced before `rx` closes, so the
     // readers, which stop when it closes, are never taken for the part that died.
     let _guard = guard;
+    privs::thread_keeps("processor", privs::PROCESSOR);
     let fault = fault::Fault::from_env()?;
     let mut table = ProcTable::default();
     let seed = match table.seed(Path::new("/proc")).context("reading /proc") {

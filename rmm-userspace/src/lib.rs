@@ -18,6 +18,7 @@ pub mod matcher;
 pub mod merge;
 pub mod metrics;
 pub mod packages;
+pub mod privs;
 pub mod probes;
 pub mod proctable;
 pub mod reader;

@@ -150,6 +150,8 @@ impl PackageDb {
         let spawned = std::thread::Builder::new()
             .name("rmm-dpkg-index".into())
             .spawn(move || {
+                // dpkg's lists are world-readable.
+                crate::privs::thread_keeps("dpkg index", crate::privs::NONE);
                 let new = build(&dir);
                 if let (Some(new), Ok(mut s)) = (new, slot.lock()) {
                     *s = Some(new);

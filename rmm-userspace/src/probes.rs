@@ -97,7 +97,7 @@ fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
-/// Capabilities the daemon needs, by bit number (include/uapi/linux/capability.h).
+/// Capabilities the daemon needs to start, by bit number (include/uapi/linux/capability.h).
 const NEEDED_CAPS: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load BPF programs and maps"),
     (
@@ -110,14 +110,10 @@ const NEEDED_CAPS: &[(u32, &str, &str)] = &[
         "CAP_NET_ADMIN",
         "attach the cgroup connect and packet hooks",
     ),
-    (
-        2,
-        "CAP_DAC_READ_SEARCH",
-        "read tracefs and other users' /proc entries",
-    ),
 ];
 
-/// Fails early, naming what is missing, instead of an EPERM deep in the loader.
+/// Fails early, naming what is missing, instead of an EPERM deep in the loader; warns about
+/// what only narrows what the daemon sees.
 fn check_capabilities() -> Result<()> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let eff = status
@@ -134,6 +130,11 @@ fn check_capabilities() -> Result<()> {
         bail!(
             "missing capabilities: {}; run rmm-monitor as root or grant them (see the systemd unit)",
             missing.join(", ")
+        );
+    }
+    if eff & (1u64 << crate::privs::CAP_SYS_PTRACE) == 0 {
+        log::warn!(
+            "no CAP_SYS_PTRACE: the executables of other users' processes found in /proc (at the start, after lost records) stay unknown"
         );
     }
     Ok(())
@@ -153,16 +154,27 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup2 file system is mounted: the connect and DNS hooks attach to the cgroup v2 root (mount -t cgroup2 none /sys/fs/cgroup/unified)")
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (the unit sets LimitMEMLOCK=infinity;
+/// elsewhere root raises it here); later kernels charge the cgroup.
 fn raise_memlock() {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } == 0
+        && cur.rlim_cur == libc::RLIM_INFINITY
+    {
+        return;
+    }
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        // Kernels since 5.11 charge BPF memory to the cgroup, not to RLIMIT_MEMLOCK.
         log::debug!(
-            "raising RLIMIT_MEMLOCK failed ({}); harmless on memcg-accounted kernels",
+            "raising RLIMIT_MEMLOCK failed ({}); harmless on memcg-accounted kernels (5.11 and later)",
             std::io::Error::last_os_error()
         );
     }

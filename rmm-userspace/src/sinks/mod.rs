@@ -96,7 +96,11 @@ impl SinkSet {
             let c = counters.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("rmm-sink-{i}"))
-                .spawn(move || worker(sink, rx, c))
+                .spawn(move || {
+                    // Writing alerts to sockets and files needs no capability.
+                    crate::privs::thread_keeps("sink", crate::privs::NONE);
+                    worker(sink, rx, c)
+                })
                 .context("starting a sink thread")?;
             handles.push(Handle {
                 name,

@@ -636,3 +636,162 @@ fn a_stop_by_another_process_is_an_alert_naming_it() {
     let text = std::fs::read_to_string(&alerts2).unwrap_or_default();
     assert!(!text.contains("\"tamper\""), "no tamper alert: {text}");
 }
+
+/// One thread of the daemon as /proc shows it.
+struct ThreadCaps {
+    tid: u32,
+    name: String,
+    eff: u64,
+    prm: u64,
+    inh: u64,
+    amb: u64,
+    bnd: u64,
+    no_new_privs: bool,
+}
+
+fn thread_caps(pid: u32) -> Vec<ThreadCaps> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's tasks") {
+        let e = e.expect("a task entry");
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {k} in {status}"))
+                .to_owned()
+        };
+        let hex = |k: &str| u64::from_str_radix(&field(k), 16).expect("capability sets are hex");
+        out.push(ThreadCaps {
+            tid: e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .expect("a tid"),
+            name: field("Name:"),
+            eff: hex("CapEff:"),
+            prm: hex("CapPrm:"),
+            inh: hex("CapInh:"),
+            amb: hex("CapAmb:"),
+            bnd: hex("CapBnd:"),
+            no_new_privs: field("NoNewPrivs:") == "1",
+        });
+    }
+    out
+}
+
+const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
+const CAP_SYS_PTRACE: u64 = 1 << 19;
+const CAP_BPF: u64 = 1 << 39;
+
+/// Started as full root (a privileged container's position), the daemon keeps CAP_BPF and
+/// CAP_SYS_PTRACE in its main thread, adds CAP_DAC_READ_SEARCH in the processor, nothing in
+/// the sinks, and cannot gain more (bounding set, no_new_privs); and with that it still reads
+/// another user's process from /proc at the start, alerts on an exec, reloads its rules and
+/// reads its kernel counters at the stop.
+#[test]
+fn after_the_attach_every_thread_keeps_only_what_it_needs() {
+    root_or_skip!("after_the_attach_every_thread_keeps_only_what_it_needs");
+    let dir = TempDir::new("privs");
+    let sleeper_exe = dir.copy_executable("/bin/sleep", "anydesk");
+    // Not root's: its /proc/PID/exe needs CAP_SYS_PTRACE to read.
+    let mut sleeper = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&sleeper_exe)
+        .arg("60")
+        .spawn()
+        .expect("setpriv anydesk 60");
+    let sleeper_pid = sleeper.id();
+    rmm_tests::poll(
+        "the sleeper running as nobody",
+        Duration::from_secs(10),
+        || {
+            let exe = std::fs::read_link(format!("/proc/{sleeper_pid}/exe")).ok()?;
+            (exe == sleeper_exe).then_some(())
+        },
+        String::new,
+    );
+
+    let m = Monitor::start(&[]);
+    let threads = thread_caps(m.pid());
+    let show = |t: &ThreadCaps| {
+        format!(
+            "{} ({}): eff {:#x} prm {:#x} inh {:#x} amb {:#x} bnd {:#x} nnp {}",
+            t.name, t.tid, t.eff, t.prm, t.inh, t.amb, t.bnd, t.no_new_privs
+        )
+    };
+    let all: Vec<String> = threads.iter().map(show).collect();
+    println!("{}", all.join("\n"));
+    let runtime = CAP_BPF | CAP_SYS_PTRACE;
+    let main = threads
+        .iter()
+        .find(|t| t.tid == m.pid())
+        .expect("the main thread");
+    assert_eq!((main.eff, main.prm), (runtime, runtime), "{}", show(main));
+    let processor = threads
+        .iter()
+        .find(|t| t.name == "rmm-processor")
+        .expect("the processor thread");
+    let with_dac = runtime | CAP_DAC_READ_SEARCH;
+    assert_eq!(
+        (processor.eff, processor.prm),
+        (with_dac, with_dac),
+        "{}",
+        show(processor)
+    );
+    let sinks: Vec<&ThreadCaps> = threads
+        .iter()
+        .filter(|t| t.name.starts_with("rmm-sink"))
+        .collect();
+    assert!(!sinks.is_empty(), "no sink thread: {all:?}");
+    for t in &threads {
+        assert_eq!((t.inh, t.amb), (0, 0), "{}", show(t));
+        assert!(t.no_new_privs, "{}", show(t));
+        assert_eq!(t.bnd & !with_dac, 0, "bounding set: {}", show(t));
+        assert_eq!(t.prm & !with_dac, 0, "{}", show(t));
+    }
+    for t in sinks {
+        assert_eq!((t.eff, t.prm), (0, 0), "{}", show(t));
+    }
+
+    let inv = m.wait_for("the inventory alert of nobody's anydesk", |a| {
+        a["event"]["action"] == "inventory" && a["process"]["pid"] == sleeper_pid
+    });
+    assert_eq!(
+        inv["process"]["executable"],
+        sleeper_exe.to_str().expect("a UTF-8 path"),
+        "{inv}"
+    );
+    let exe = dir.copy_executable("/bin/true", "rustdesk");
+    assert!(
+        std::process::Command::new(&exe)
+            .status()
+            .expect("rustdesk")
+            .success()
+    );
+    m.wait_for("the exec alert", |a| {
+        a["event"]["action"] == "exec" && a["process"]["executable"] == exe.to_str().unwrap()
+    });
+    // SAFETY: kill(2) on the daemon this test started.
+    assert_eq!(
+        unsafe { libc::kill(m.pid() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    m.wait_for_log("the reload", |l| l.contains("SIGHUP: rules reloaded"));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let stopped = m.stop();
+    stopped.assert_clean();
+    let log = stopped.stderr.join("\n");
+    assert!(
+        log.contains("privileges: attached, keeping CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_BPF"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("cannot drop") && !log.contains("threads holding"),
+        "{log}"
+    );
+}
