@@ -99,14 +99,18 @@ fn ensure_tracefs() -> Result<()> {
 
 /// Capabilities the daemon needs to start, by bit number (include/uapi/linux/capability.h).
 const NEEDED_CAPS: &[(u32, &str, &str)] = &[
-    (39, "CAP_BPF", "load BPF programs and maps"),
     (
-        38,
+        crate::privs::CAP_BPF,
+        "CAP_BPF",
+        "load BPF programs and maps",
+    ),
+    (
+        crate::privs::CAP_PERFMON,
         "CAP_PERFMON",
         "attach tracepoints and read kernel memory from BPF",
     ),
     (
-        12,
+        crate::privs::CAP_NET_ADMIN,
         "CAP_NET_ADMIN",
         "attach the cgroup connect and packet hooks",
     ),
@@ -115,12 +119,7 @@ const NEEDED_CAPS: &[(u32, &str, &str)] = &[
 /// Fails early, naming what is missing, instead of an EPERM deep in the loader; warns about
 /// what only narrows what the daemon sees.
 fn check_capabilities() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .context("no CapEff line in /proc/self/status")?;
+    let eff = crate::privs::current()?.effective;
     let missing: Vec<String> = NEEDED_CAPS
         .iter()
         .filter(|(bit, _, _)| eff & (1u64 << bit) == 0)

@@ -466,3 +466,69 @@ mod tests {
         assert!(monotonic_ns() >= a);
     }
 }
+
+/// One thread's capability sets and no_new_privs, as /proc/PID/task/TID/status shows them.
+#[derive(Debug, Clone)]
+pub struct ThreadCaps {
+    pub tid: u32,
+    pub name: String,
+    pub eff: u64,
+    pub prm: u64,
+    pub inh: u64,
+    pub amb: u64,
+    pub bnd: u64,
+    pub no_new_privs: bool,
+}
+
+/// Every thread of `pid` (a thread that exits meanwhile is skipped).
+pub fn thread_caps(pid: u32) -> Vec<ThreadCaps> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("reading the tasks") {
+        let e = e.expect("a task entry");
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {k} in {status}"))
+                .to_owned()
+        };
+        let hex = |k: &str| u64::from_str_radix(&field(k), 16).expect("capability sets are hex");
+        out.push(ThreadCaps {
+            tid: e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .expect("a tid"),
+            name: field("Name:"),
+            eff: hex("CapEff:"),
+            prm: hex("CapPrm:"),
+            inh: hex("CapInh:"),
+            amb: hex("CapAmb:"),
+            bnd: hex("CapBnd:"),
+            no_new_privs: field("NoNewPrivs:") == "1",
+        });
+    }
+    out
+}
+
+/// `exe ARGS` run as nobody (uid and gid 65534, no groups), once /proc shows it running `exe`.
+pub fn spawn_as_nobody(exe: &Path, args: &[&str]) -> std::process::Child {
+    let child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(exe)
+        .args(args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("setpriv {}: {e}", exe.display()));
+    let pid = child.id();
+    poll(
+        &format!("{} running as nobody", exe.display()),
+        std::time::Duration::from_secs(10),
+        || (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == exe).then_some(()),
+        String::new,
+    );
+    child
+}

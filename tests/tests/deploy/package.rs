@@ -505,44 +505,40 @@ impl UnitDaemon {
     /// workers none (privs.rs).
     fn assert_confined(&self) {
         const KEPT: u64 = (1 << 39) | (1 << 19);
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
-            .expect("reading the daemon's tasks");
-        let mut seen = 0;
-        for task in tasks {
-            let task = task.expect("a task entry");
-            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-                continue;
-            };
-            seen += 1;
-            let field = |k: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(str::trim)
-                    .unwrap_or_else(|| panic!("no {k} in a task's status"))
-                    .to_owned()
-            };
-            let hex =
-                |k: &str| u64::from_str_radix(&field(k), 16).expect("capability sets are hex");
-            let name = field("Name:");
-            let main = task.file_name().to_str() == Some(&self.pid().to_string());
+        let threads = rmm_tests::thread_caps(self.pid());
+        let seen = threads.len();
+        for t in &threads {
+            let name = &t.name;
             let want = if name.starts_with("rmm-sink") {
                 0
-            } else if main || name == "rmm-processor" {
+            } else if t.tid == self.pid() || name == "rmm-processor" {
                 KEPT & self.caps
             } else {
                 panic!("a thread the test does not know: {name}")
             };
-            for k in ["CapEff:", "CapPrm:"] {
-                assert_eq!(hex(k), want, "{k} of {name}, the unit's {:#x}", self.caps);
+            for (k, v) in [("CapEff", t.eff), ("CapPrm", t.prm)] {
+                assert_eq!(v, want, "{k} of {name}, the unit's {:#x}", self.caps);
             }
-            for k in ["CapInh:", "CapAmb:"] {
-                assert_eq!(hex(k), 0, "{k} of {name}");
+            for (k, v) in [("CapInh", t.inh), ("CapAmb", t.amb)] {
+                assert_eq!(v, 0, "{k} of {name}");
             }
-            assert_eq!(hex("CapBnd:") & !self.caps, 0, "CapBnd of {name}");
-            assert_eq!(field("NoNewPrivs:"), "1", "NoNewPrivileges of {name}");
+            assert_eq!(t.bnd & !self.caps, 0, "CapBnd of {name}");
+            assert!(t.no_new_privs, "NoNewPrivileges of {name}");
         }
         assert!(seen >= 3, "main, processor and a sink: {seen} threads");
+    }
+
+    /// The journal entries matching `matches`, once there is one (within TIMEOUT).
+    fn journal_wait(&self, what: &str, matches: &[String]) -> Vec<Value> {
+        poll(
+            &format!("{what} in the journal"),
+            TIMEOUT,
+            || {
+                let e = journal(matches);
+                (!e.is_empty()).then_some(e)
+            },
+            || format!("daemon stderr:\n{}", self.stderr()),
+        )
     }
 
     fn assert_running(&mut self) {
@@ -632,22 +628,8 @@ fn debian_package_installs_runs_and_purges() {
     // /proc/PID/exe through the unit's ProtectProc=invisible without CAP_DAC_READ_SEARCH.
     let sleeper_dir = TempDir::new(&format!("deploy-deb-nobody-{}", nonce()));
     let sleeper_exe = sleeper_dir.copy_executable("/bin/sleep", "anydesk");
-    let mut sleeper = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&sleeper_exe)
-        .arg("120")
-        .spawn()
-        .expect("setpriv anydesk 120");
+    let mut sleeper = rmm_tests::spawn_as_nobody(&sleeper_exe, &["120"]);
     let sleeper_pid = sleeper.id();
-    poll(
-        "nobody's anydesk running",
-        TIMEOUT,
-        || {
-            let exe = std::fs::read_link(format!("/proc/{sleeper_pid}/exe")).ok()?;
-            (exe == sleeper_exe).then_some(())
-        },
-        String::new,
-    );
     let unit_text = std::fs::read_to_string(UNIT).expect("reading the installed unit");
     let mut daemon = UnitDaemon::start(&unit_text, &notify.path);
     let ready = Instant::now();
@@ -663,15 +645,7 @@ fn debian_package_installs_runs_and_purges() {
         "EVENT_ACTION=inventory".to_owned(),
         format!("PROCESS_EXECUTABLE={}", sleeper_exe.display()),
     ];
-    let entries = poll(
-        "the inventory alert of nobody's anydesk in the journal",
-        TIMEOUT,
-        || {
-            let e = journal(&matches);
-            (!e.is_empty()).then_some(e)
-        },
-        || format!("daemon stderr:\n{}", daemon.stderr()),
-    );
+    let entries = daemon.journal_wait("the inventory alert of nobody's anydesk", &matches);
     assert_eq!(
         entries[0]["PROCESS_PID"],
         sleeper_pid.to_string(),
@@ -690,15 +664,7 @@ fn debian_package_installs_runs_and_purges() {
         "RMM_TOOL=anydesk".to_owned(),
         format!("PROCESS_EXECUTABLE={}", exe.display()),
     ];
-    let entries = poll(
-        "the anydesk alert in the journal",
-        TIMEOUT,
-        || {
-            let e = journal(&matches);
-            (!e.is_empty()).then_some(e)
-        },
-        || format!("daemon stderr:\n{}", daemon.stderr()),
-    );
+    let entries = daemon.journal_wait("the anydesk alert", &matches);
     let e = &entries[0];
     assert_eq!(
         e["_PID"],

@@ -637,52 +637,6 @@ fn a_stop_by_another_process_is_an_alert_naming_it() {
     assert!(!text.contains("\"tamper\""), "no tamper alert: {text}");
 }
 
-/// One thread of the daemon as /proc shows it.
-struct ThreadCaps {
-    tid: u32,
-    name: String,
-    eff: u64,
-    prm: u64,
-    inh: u64,
-    amb: u64,
-    bnd: u64,
-    no_new_privs: bool,
-}
-
-fn thread_caps(pid: u32) -> Vec<ThreadCaps> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's tasks") {
-        let e = e.expect("a task entry");
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(str::trim)
-                .unwrap_or_else(|| panic!("no {k} in {status}"))
-                .to_owned()
-        };
-        let hex = |k: &str| u64::from_str_radix(&field(k), 16).expect("capability sets are hex");
-        out.push(ThreadCaps {
-            tid: e
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse().ok())
-                .expect("a tid"),
-            name: field("Name:"),
-            eff: hex("CapEff:"),
-            prm: hex("CapPrm:"),
-            inh: hex("CapInh:"),
-            amb: hex("CapAmb:"),
-            bnd: hex("CapBnd:"),
-            no_new_privs: field("NoNewPrivs:") == "1",
-        });
-    }
-    out
-}
-
 const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_SYS_PTRACE: u64 = 1 << 19;
 const CAP_BPF: u64 = 1 << 39;
@@ -698,26 +652,12 @@ fn after_the_attach_every_thread_keeps_only_what_it_needs() {
     let dir = TempDir::new("privs");
     let sleeper_exe = dir.copy_executable("/bin/sleep", "anydesk");
     // Not root's: its /proc/PID/exe needs CAP_SYS_PTRACE to read.
-    let mut sleeper = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&sleeper_exe)
-        .arg("60")
-        .spawn()
-        .expect("setpriv anydesk 60");
+    let mut sleeper = rmm_tests::spawn_as_nobody(&sleeper_exe, &["60"]);
     let sleeper_pid = sleeper.id();
-    rmm_tests::poll(
-        "the sleeper running as nobody",
-        Duration::from_secs(10),
-        || {
-            let exe = std::fs::read_link(format!("/proc/{sleeper_pid}/exe")).ok()?;
-            (exe == sleeper_exe).then_some(())
-        },
-        String::new,
-    );
 
     let m = Monitor::start(&[]);
-    let threads = thread_caps(m.pid());
-    let show = |t: &ThreadCaps| {
+    let threads = rmm_tests::thread_caps(m.pid());
+    let show = |t: &rmm_tests::ThreadCaps| {
         format!(
             "{} ({}): eff {:#x} prm {:#x} inh {:#x} amb {:#x} bnd {:#x} nnp {}",
             t.name, t.tid, t.eff, t.prm, t.inh, t.amb, t.bnd, t.no_new_privs
@@ -742,7 +682,7 @@ fn after_the_attach_every_thread_keeps_only_what_it_needs() {
         "{}",
         show(processor)
     );
-    let sinks: Vec<&ThreadCaps> = threads
+    let sinks: Vec<&rmm_tests::ThreadCaps> = threads
         .iter()
         .filter(|t| t.name.starts_with("rmm-sink"))
         .collect();
