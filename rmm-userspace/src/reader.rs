@@ -168,7 +168,18 @@ pub async fn run(
         }
     };
     let mut read_to = 0u64;
+    let mut holds_served = 0u64;
     loop {
+        if crate::fault::hold_asked(&mut holds_served) {
+            // A test's injected fault (debug builds): the ring fills meanwhile. A stop ends
+            // the hold (seen on a clone, so that the select below sees it too).
+            let mut stopped = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(crate::fault::HOLD) => {}
+                _ = stopped.changed() => {}
+            }
+            log::warn!("ring {name}: injected hold over, reading again");
+        }
         let mut batch = Batch::new();
         // The clock just before the flush and the drain, less what may still be in flight.
         let now = || crate::merge::kernel_now_ns().saturating_sub(IN_FLIGHT_NS);

@@ -311,24 +311,49 @@ fn check_full_rings(wakeup_bytes: &str) {
     let (n_exec, n_dns) = (300u64, 300u64);
     let alerts = dir.path().join("alerts.json");
     // One-page rings hold a single exec record (2 KiB) or six DNS records, read once a second.
-    let m = Monitor::start(&[
-        "--json",
-        alerts.to_str().expect("a UTF-8 path"),
-        "--proc-ring-bytes",
-        "4096",
-        "--net-ring-bytes",
-        "4096",
-        "--wakeup-bytes",
-        wakeup_bytes,
-        "--poll-ms",
-        "1000",
-        "--stats-interval",
-        "1",
-    ]);
+    // The readers are held (the debug build's injected `hold` fault, on the exec of `hold`)
+    // while the bursts run, so that both rings overflow whatever the scheduling.
+    let hold = dir.copy_executable("/bin/true", &format!("hold-{}", nonce()));
+    let fault = format!(
+        "hold:{}",
+        hold.file_name()
+            .and_then(|n| n.to_str())
+            .expect("a UTF-8 name")
+    );
+    let m = Monitor::start_with_env(
+        &[
+            "--json",
+            alerts.to_str().expect("a UTF-8 path"),
+            "--proc-ring-bytes",
+            "4096",
+            "--net-ring-bytes",
+            "4096",
+            "--wakeup-bytes",
+            wakeup_bytes,
+            "--poll-ms",
+            "1000",
+            "--stats-interval",
+            "1",
+        ],
+        None,
+        &[("RMM_MONITOR_FAULT", &fault)],
+    );
+    let st = std::process::Command::new(&hold)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", hold.display()));
+    assert!(st.success());
+    m.wait_for_log("saying the readers are held", |l| {
+        l.starts_with("injected fault: exec of") && l.contains("the ring readers stop reading")
+    });
     burst(&target, n_exec as usize);
     let name = format!("burst-{}.rmm-e2e.test", nonce());
     let dns = helper(&["dns-burst", "127.0.0.1", &name, &n_dns.to_string()]);
     dns.assert_success();
+    for ring in ["PROC_EVENTS", "NET_EVENTS"] {
+        m.wait_for_log("saying a hold is over", |l| {
+            l == format!("ring {ring}: injected hold over, reading again")
+        });
+    }
     // The loss is logged within a stats interval.
     m.wait_for_log("reporting the exec drops", |l| {
         l.contains("kernel dropped events") && l.contains("exec_ringbuf_full=")
