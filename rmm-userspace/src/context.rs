@@ -153,9 +153,19 @@ pub struct Containers {
     last_walk: Option<Instant>,
     /// The cgroup v2 mount, found once (the probes are attached to it for the daemon's life).
     root: Option<PathBuf>,
+    /// Times the cache was emptied because it held [`MAX_CGROUPS`] paths.
+    pub cache_cleared: u64,
 }
 
+/// Most cgroup paths cached.
+const MAX_CGROUPS: usize = 65_536;
+
 impl Containers {
+    /// Cgroup paths cached.
+    pub fn cached(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// The cgroup v2 path of `pid`, or of cgroup `cgroup_id` when the process is gone.
     pub fn cgroup_path(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
         if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
@@ -171,8 +181,9 @@ impl Containers {
         }
         let root = self.root()?;
         if let Some(p) = path_by_id(&root, cgroup_id) {
-            if self.by_id.len() >= 65_536 {
+            if self.by_id.len() >= MAX_CGROUPS {
                 self.by_id.clear();
+                self.cache_cleared += 1;
             }
             self.by_id.insert(cgroup_id, p.clone());
             return Some(p);
@@ -264,7 +275,7 @@ fn path_by_id(root: &Path, id: u64) -> Option<String> {
 }
 
 fn walk_cgroups(root: &Path, dir: &Path, depth: u32, out: &mut HashMap<u64, String>) {
-    if depth > 16 || out.len() > 100_000 {
+    if depth > 16 || out.len() >= MAX_CGROUPS {
         return;
     }
     if let Ok(meta) = fs::metadata(dir) {

@@ -108,9 +108,16 @@ pub struct Correlation {
     tags: usize,
     /// Queries forgotten unanswered because the table was full (not their age).
     pub pending_evicted: u64,
+    /// Address tags forgotten before their TTL because the table was full.
+    pub resolved_evicted: u64,
 }
 
 impl Correlation {
+    /// Queries waiting for their answer, and address tags.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.pending.len(), self.tags)
+    }
+
     /// Remembers a vendor-domain query until its answer (or [`PENDING_TTL`]).
     pub fn asked(&mut self, sock_cookie: u64, txid: u16, q: Query, now: Instant) {
         if self.pending.len() >= MAX_PENDING {
@@ -155,6 +162,7 @@ impl Correlation {
         if self.tags + addrs.len() > MAX_RESOLVED {
             self.expire(now);
             if self.tags + addrs.len() > MAX_RESOLVED {
+                self.resolved_evicted += self.tags as u64;
                 self.resolved.clear();
                 self.tags = 0;
             }
@@ -173,6 +181,7 @@ impl Correlation {
             if list.len() >= MAX_PER_ADDRESS {
                 list.remove(0);
                 self.tags -= 1;
+                self.resolved_evicted += 1;
             }
             list.push(Resolved {
                 tool: q.tool.clone(),

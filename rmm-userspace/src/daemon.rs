@@ -388,6 +388,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         }
         sources.loss_records.store(losses.records, Relaxed);
     };
+    let mut last_tables = crate::detect::Tables::default();
     let mut died = None;
     loop {
         tokio::select! {
@@ -454,6 +455,9 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             _ = tick.tick() => {
                 let now = stats.snapshot(&drops);
                 report_interval(&last, &now);
+                let tables = sources.detect.lock().map(|d| d.tables.clone()).unwrap_or_default();
+                report_tables(&last_tables, &tables);
+                last_tables = tables;
                 report_losses(&mut losses, &now, false);
                 notify(&[sd_notify::NotifyState::Status(&status(&now))]);
                 last = now;
@@ -564,6 +568,44 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
+/// Logs what the tables' caps did since the last report; silent when they did nothing.
+fn report_tables(last: &crate::detect::Tables, now: &crate::detect::Tables) {
+    let grew: Vec<String> = [
+        (
+            "processes_refused",
+            now.processes_refused,
+            last.processes_refused,
+        ),
+        ("exited_early", now.exited_early, last.exited_early),
+        ("kept_refused", now.kept_refused, last.kept_refused),
+        ("dedup_full", now.dedup_full, last.dedup_full),
+        (
+            "dns_pending_evicted",
+            now.dns_pending_evicted,
+            last.dns_pending_evicted,
+        ),
+        (
+            "dns_resolved_evicted",
+            now.dns_resolved_evicted,
+            last.dns_resolved_evicted,
+        ),
+        ("cgroups_cleared", now.cgroups_cleared, last.cgroups_cleared),
+    ]
+    .into_iter()
+    .filter(|(_, n, l)| n > l)
+    .map(|(k, n, l)| format!("{k}={}", n - l))
+    .collect();
+    if !grew.is_empty() {
+        log::warn!(
+            "tables at their caps in the last interval: {} ({} processes, {} exited, {} dedup entries)",
+            grew.join(", "),
+            now.processes,
+            now.exited,
+            now.dedup
+        );
+    }
+}
+
 /// Logs what was lost since the last report; silent when nothing was.
 fn report_interval(last: &Snapshot, now: &Snapshot) {
     let lost: Vec<String> = now
@@ -646,7 +688,7 @@ fn process(
     for a in inventory {
         sinks.dispatch(a);
     }
-    publish(&sources, &detector, &table);
+    publish(&sources, &mut detector, &table);
     let _ = seeded.send(Ok((seed, found)));
 
     // Event lines of a batch are written whole under the stdout lock, taken briefly once per
@@ -735,7 +777,7 @@ fn process(
         stats.records_late.store(merger.late, Relaxed);
         stats.records_forced.store(merger.forced, Relaxed);
         // Published once per batch, not per event.
-        publish(&sources, &detector, &table);
+        publish(&sources, &mut detector, &table);
     }
     Ok(detector.stats)
 }
@@ -780,7 +822,8 @@ fn receive(
 }
 
 /// Makes the processor's counters visible to the metrics endpoint and the status line.
-fn publish(sources: &metrics::Sources, detector: &Detector, table: &ProcTable) {
+fn publish(sources: &metrics::Sources, detector: &mut Detector, table: &ProcTable) {
+    detector.measure(table);
     if let Ok(mut d) = sources.detect.lock() {
         d.clone_from(&detector.stats);
     }

@@ -128,6 +128,38 @@ pub struct DetectStats {
     pub answers_malformed: u64,
     pub answers_rejected: u64,
     pub reloads: u64,
+    /// Sizes of the tables that grow with the host's activity, and what their caps evicted.
+    pub tables: Tables,
+}
+
+/// Entries in each table that grows with the host's activity, and what its cap did: every
+/// such table is bounded, and each eviction or refusal is counted here.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Tables {
+    /// Process table: live processes, exited ones in their grace period, exited ancestors
+    /// kept for their descendants' lineage.
+    pub processes: u64,
+    pub exited: u64,
+    pub kept: u64,
+    /// New processes not tracked because the table was full of live ones.
+    pub processes_refused: u64,
+    /// Exited processes retired before their grace period to make room.
+    pub exited_early: u64,
+    /// Exited ancestors not kept (their descendants' lineage ends there).
+    pub kept_refused: u64,
+    /// De-duplication entries, and alerts sent without one because the table was full of
+    /// entries inside their window (such an alert is not folded into later ones).
+    pub dedup: u64,
+    pub dedup_full: u64,
+    /// Vendor-domain queries waiting for their answer, and those forgotten to make room.
+    pub dns_pending: u64,
+    pub dns_pending_evicted: u64,
+    /// Addresses tagged by vendor-domain answers, and tags forgotten before their TTL.
+    pub dns_resolved: u64,
+    pub dns_resolved_evicted: u64,
+    /// Cgroup paths cached, and times the cache was emptied because it was full.
+    pub cgroups: u64,
+    pub cgroups_cleared: u64,
 }
 
 struct Dedup {
@@ -243,6 +275,25 @@ impl Detector {
 
     /// Replaces the rules; correlation and de-duplication state carry over (both are keyed
     /// by tool id: a tool the new rules lack matches nothing).
+    /// Brings `stats.tables` up to date with the tables' sizes and eviction counters.
+    pub fn measure(&mut self, table: &ProcTable) {
+        let (pending, resolved) = self.correlation.sizes();
+        let t = &mut self.stats.tables;
+        t.processes = table.len() as u64;
+        t.exited = table.exited() as u64;
+        t.kept = table.kept() as u64;
+        t.processes_refused = table.refused;
+        t.exited_early = table.exited_early;
+        t.kept_refused = table.kept_refused;
+        t.dedup = self.dedup.len() as u64;
+        t.dns_pending = pending as u64;
+        t.dns_pending_evicted = self.correlation.pending_evicted;
+        t.dns_resolved = resolved as u64;
+        t.dns_resolved_evicted = self.correlation.resolved_evicted;
+        t.cgroups = self.containers.cached() as u64;
+        t.cgroups_cleared = self.containers.cache_cleared;
+    }
+
     pub fn reload(&mut self, compiled: Arc<Compiled>) {
         self.compiled = compiled;
         self.stats.reloads += 1;
@@ -523,13 +574,18 @@ impl Detector {
                     self.dedup
                         .retain(|_, d| now.duration_since(d.since) < window);
                 }
-                self.dedup.insert(
-                    key,
-                    Dedup {
-                        since: now,
-                        suppressed: 0,
-                    },
-                );
+                if self.dedup.len() < MAX_DEDUP {
+                    self.dedup.insert(
+                        key,
+                        Dedup {
+                            since: now,
+                            suppressed: 0,
+                        },
+                    );
+                } else {
+                    // Full of live entries: this alert goes out, and is not folded into.
+                    self.stats.tables.dedup_full += 1;
+                }
                 1
             }
         };

@@ -69,6 +69,23 @@ fn counters<'a>(
     Ok(())
 }
 
+fn gauges<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), fmt::Error> {
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (value, n) in values {
+        let labels = [(label, value)];
+        ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Sources {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
         let snap = self.stats.snapshot(&self.drops);
@@ -189,6 +206,37 @@ impl Collector for Sources {
             "Reconnections, by sink",
             "sink",
             sinks.iter().map(|s| (s.sink.as_str(), s.reconnects)),
+        )?;
+        let t = &detect.tables;
+        gauges(
+            &mut e,
+            "rmm_table_entries",
+            "Entries in the daemon's tables that grow with the host's activity (each is capped)",
+            "table",
+            [
+                ("processes", t.processes),
+                ("exited", t.exited),
+                ("kept", t.kept),
+                ("dedup", t.dedup),
+                ("dns_pending", t.dns_pending),
+                ("dns_resolved", t.dns_resolved),
+                ("cgroups", t.cgroups),
+            ],
+        )?;
+        counters(
+            &mut e,
+            "rmm_table_evictions",
+            "What the tables' caps did: entries evicted early or refused, by table and kind",
+            "what",
+            [
+                ("processes_refused", t.processes_refused),
+                ("exited_early", t.exited_early),
+                ("kept_refused", t.kept_refused),
+                ("dedup_full", t.dedup_full),
+                ("dns_pending_evicted", t.dns_pending_evicted),
+                ("dns_resolved_evicted", t.dns_resolved_evicted),
+                ("cgroups_cleared", t.cgroups_cleared),
+            ],
         )?;
         let g = ConstGauge::new(self.processes.load(Relaxed) as i64);
         g.encode(e.encode_descriptor(

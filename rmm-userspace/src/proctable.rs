@@ -111,7 +111,7 @@ pub struct Reconciled {
     pub added: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcTable {
     /// The current entry of each pid, alive or exited (a tombstone).
     procs: HashMap<u32, Proc>,
@@ -126,17 +126,56 @@ pub struct ProcTable {
     /// Entries (current or kept) created by each identity.
     children: HashMap<u64, u32>,
     next_id: u64,
+    /// Most entries of pids (alive and exited together): see [`MAX_PROCS`].
+    cap: usize,
     /// Exited ancestors not kept because [`MAX_KEPT`] were (the lineage of their descendants
     /// ends there).
     pub kept_refused: u64,
+    /// New processes not tracked because the table held `cap` live ones (their alerts lack
+    /// the lineage and the context the table gives).
+    pub refused: u64,
+    /// Exited processes retired before their grace period ended, to make room.
+    pub exited_early: u64,
+}
+
+impl Default for ProcTable {
+    fn default() -> Self {
+        ProcTable::with_cap(MAX_PROCS)
+    }
 }
 
 /// How long an exited process stays in the table (kernel time).
 pub const EXIT_GRACE_NS: u64 = 2_000_000_000;
 /// Most exited ancestors kept.
 pub const MAX_KEPT: usize = 65_536;
+/// Most pids in the table, alive and exited (a few hundred bytes each, plus the arguments):
+/// past it, exited processes are retired before their grace period ends, then new processes
+/// are not tracked (counted). Above Linux's default `pid_max` (32,768 on small machines);
+/// systemd raises `pid_max` to 4,194,304, which no real host fills with live processes.
+pub const MAX_PROCS: usize = 262_144;
 
 impl ProcTable {
+    /// A table of at most `cap` pids (at least 1).
+    pub fn with_cap(cap: usize) -> ProcTable {
+        ProcTable {
+            procs: HashMap::new(),
+            exited: VecDeque::new(),
+            tombstones: HashMap::new(),
+            kept: HashMap::new(),
+            children: HashMap::new(),
+            next_id: 0,
+            cap: cap.max(1),
+            kept_refused: 0,
+            refused: 0,
+            exited_early: 0,
+        }
+    }
+
+    /// Exited processes still in their grace period.
+    pub fn exited(&self) -> usize {
+        self.tombstones.len()
+    }
+
     /// Processes alive (exited ones kept for the grace period are not counted).
     pub fn len(&self) -> usize {
         self.procs.len() - self.tombstones.len()
@@ -217,8 +256,16 @@ impl ProcTable {
         self.next_id
     }
 
-    /// Makes `p` the current entry of its pid; the one it replaces leaves the table.
+    /// Makes `p` the current entry of its pid; the one it replaces leaves the table. A new pid
+    /// in a full table takes the place of the oldest exited process, or is not tracked.
     fn insert(&mut self, p: Proc) {
+        if !self.procs.contains_key(&p.pid) && self.procs.len() >= self.cap {
+            while self.procs.len() >= self.cap && self.retire_oldest_exited() {}
+            if self.procs.len() >= self.cap {
+                self.refused += 1;
+                return;
+            }
+        }
         if p.parent_id != 0 {
             *self.children.entry(p.parent_id).or_default() += 1;
         }
@@ -480,19 +527,47 @@ impl ProcTable {
     }
 
     /// Retires processes that exited more than [`EXIT_GRACE_NS`] before `now_ns`, unless the
-    /// pid has been reused since (its tombstone is gone or newer).
+    /// pid has been reused since (its tombstone is gone or newer). The list of exits holds
+    /// at most `cap` entries (an exit storm within the grace period): the oldest go early.
     fn sweep(&mut self, now_ns: u64) {
-        while let Some(&(t, pid)) = self.exited.front() {
-            if now_ns < t.saturating_add(EXIT_GRACE_NS) {
+        while let Some(&(t, _)) = self.exited.front() {
+            if now_ns < t.saturating_add(EXIT_GRACE_NS) && self.exited.len() <= self.cap {
                 break;
             }
-            self.exited.pop_front();
-            if self.tombstones.get(&pid) == Some(&t) {
-                self.tombstones.remove(&pid);
-                if let Some(old) = self.procs.remove(&pid) {
-                    self.retire(old);
-                }
+            let early = now_ns < t.saturating_add(EXIT_GRACE_NS);
+            if self.pop_exited() && early {
+                self.exited_early += 1;
             }
+        }
+    }
+
+    /// Retires the oldest exited process still in the table; false when there is none.
+    fn retire_oldest_exited(&mut self) -> bool {
+        while !self.exited.is_empty() {
+            if self.pop_exited() {
+                self.exited_early += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes the oldest exit off the list and retires its process if the pid still shows it;
+    /// true when an entry left the table.
+    fn pop_exited(&mut self) -> bool {
+        let Some((t, pid)) = self.exited.pop_front() else {
+            return false;
+        };
+        if self.tombstones.get(&pid) != Some(&t) {
+            return false;
+        }
+        self.tombstones.remove(&pid);
+        match self.procs.remove(&pid) {
+            Some(old) => {
+                self.retire(old);
+                true
+            }
+            None => false,
         }
     }
 
@@ -662,6 +737,57 @@ mod tests {
             )
         );
         assert!(report.processes > 1);
+    }
+
+    /// A full table makes room by retiring the oldest exited processes before their grace
+    /// period ends, never a live one; with only live ones left, new processes are refused
+    /// and counted, and a pid already in the table is still updated.
+    #[test]
+    fn a_full_table_retires_exited_processes_early_then_refuses_new_ones() {
+        let mut t = ProcTable::with_cap(4);
+        t.apply(&exec_ev(1, 0, "/sbin/init", 0));
+        for pid in 2..=4 {
+            t.apply(&fork_ev(1, pid, 1));
+        }
+        t.apply(&exit_ev(2, 2));
+        t.apply(&exit_ev(3, 3));
+        t.apply(&fork_ev(1, 5, 4));
+        assert!(t.get(2).is_none(), "the oldest exited process made room");
+        assert!(
+            t.get(3).is_some() && !t.alive(3),
+            "the next one is still there"
+        );
+        assert_eq!((t.exited_early, t.refused), (1, 0));
+        t.apply(&fork_ev(1, 6, 5));
+        assert!(t.get(3).is_none() && t.alive(6));
+        // Only live processes: 1, 4, 5, 6.
+        t.apply(&fork_ev(1, 7, 6));
+        assert!(t.get(7).is_none(), "refused");
+        assert_eq!((t.exited_early, t.refused, t.len()), (2, 1, 4));
+        assert!(t.alive(1) && t.alive(4) && t.alive(5) && t.alive(6));
+        t.apply(&exec_ev(6, 1, "/usr/bin/x11vnc", 7));
+        assert_eq!(
+            t.get(6).map(|p| p.executable.as_str()),
+            Some("/usr/bin/x11vnc")
+        );
+        assert_eq!(chain(&t, 6), vec!["/sbin/init"]);
+    }
+
+    /// An exit storm faster than the grace period: the list of exits stays within the cap
+    /// (pids reused within the grace period leave stale entries in it).
+    #[test]
+    fn the_list_of_exits_is_bounded_under_an_exit_storm() {
+        let mut t = ProcTable::with_cap(8);
+        t.apply(&exec_ev(1, 0, "/sbin/init", 0));
+        for i in 0..1000u64 {
+            let pid = 2 + (i % 3) as u32;
+            t.apply(&fork_ev(1, pid, i));
+            t.apply(&exit_ev(pid, i));
+            assert!(t.exited.len() <= 8 + 1, "{} exits listed", t.exited.len());
+            assert!(t.procs.len() <= 8);
+        }
+        assert_eq!(t.refused, 0);
+        assert!(t.alive(1));
     }
 
     #[test]

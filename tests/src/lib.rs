@@ -9,6 +9,7 @@
 
 pub mod dnswire;
 pub mod journald;
+pub mod metrics;
 pub mod monitor;
 pub mod responder;
 

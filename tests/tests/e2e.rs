@@ -9,6 +9,7 @@ mod e2e {
     pub mod dns;
     pub mod exec;
     pub mod lifecycle;
+    pub mod memory;
 }
 
 use std::path::Path;

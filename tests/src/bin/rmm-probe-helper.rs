@@ -62,6 +62,7 @@ fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
         "child" => cmd_child(rest),
         "connect-exec" => cmd_connect_exec(rest),
         "raw-udp" => cmd_raw_udp(rest),
+        "fork-storm" => cmd_fork_storm(rest),
         other => Err(format!("unknown command {other:?}")),
     }
 }
@@ -940,5 +941,74 @@ fn private_resolv_conf(conf: &str) -> Res<()> {
     if rc != 0 {
         return Err(err);
     }
+    Ok(())
+}
+
+/// `fork-storm TOTAL HOLD`: forks HOLD children that stay alive (each blocked reading a pipe),
+/// prints `held=HOLD`, then forks the rest of TOTAL one after the other, each exiting at once
+/// and reaped, and prints `stormed=N`. Then it waits for a line on stdin, closes the pipe (the
+/// held children exit), reaps them and prints `released=HOLD`.
+fn cmd_fork_storm(rest: &[String]) -> Res<()> {
+    let total: usize = arg(rest, 0, "TOTAL")?
+        .parse()
+        .map_err(|_| "TOTAL is not a number")?;
+    let hold: usize = arg(rest, 1, "HOLD")?
+        .parse()
+        .map_err(|_| "HOLD is not a number")?;
+    if hold > total {
+        return Err("HOLD is more than TOTAL".into());
+    }
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: a valid array of two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("pipe2"));
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+    let _ = std::io::stdout().flush();
+    let mut held = Vec::with_capacity(hold);
+    for _ in 0..hold {
+        // SAFETY: the child only makes async-signal-safe calls (close, read, _exit).
+        match unsafe { libc::fork() } {
+            -1 => return Err(os_err(&format!("fork after {} held", held.len()))),
+            0 => unsafe {
+                libc::close(wr);
+                let mut b = 0u8;
+                libc::read(rd, (&raw mut b).cast(), 1);
+                libc::_exit(0);
+            },
+            pid => held.push(pid),
+        }
+    }
+    println!("held={}", held.len());
+    let _ = std::io::stdout().flush();
+    let mut stormed = 0usize;
+    for _ in hold..total {
+        // SAFETY: the child exits at once.
+        match unsafe { libc::fork() } {
+            -1 => return Err(os_err(&format!("fork after {stormed} short-lived"))),
+            0 => unsafe { libc::_exit(0) },
+            pid => {
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                stormed += 1;
+            }
+        }
+    }
+    println!("stormed={stormed}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    // SAFETY: our own fds; the held children see EOF and exit.
+    unsafe {
+        libc::close(wr);
+        libc::close(rd);
+    }
+    for pid in &held {
+        // SAFETY: reaping our own children.
+        unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+    }
+    println!("released={}", held.len());
     Ok(())
 }
