@@ -10,6 +10,7 @@ mod e2e {
     pub mod exec;
     pub mod lifecycle;
     pub mod memory;
+    pub mod overload;
 }
 
 use std::path::Path;

@@ -100,6 +100,7 @@ const CORE: &[(&str, &str, &[&str])] = &[
             "e2e::lifecycle::ready_is_sent_to_the_service_manager_and_names_the_kernel",
             "e2e::lifecycle::full_ring_buffers_are_survived_and_counted",
             "e2e::lifecycle::full_ring_buffers_are_survived_and_counted_with_staged_records",
+            "e2e::overload::an_overload_from_both_cpus_is_accounted_exactly",
         ],
     ),
     (

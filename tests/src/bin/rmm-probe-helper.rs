@@ -63,6 +63,8 @@ fn dispatch(cmd: &str, rest: &[String]) -> Res<()> {
         "connect-exec" => cmd_connect_exec(rest),
         "raw-udp" => cmd_raw_udp(rest),
         "fork-storm" => cmd_fork_storm(rest),
+        "connect-burst" => cmd_connect_burst(rest),
+        "on-cpu" => cmd_on_cpu(rest),
         other => Err(format!("unknown command {other:?}")),
     }
 }
@@ -1011,4 +1013,52 @@ fn cmd_fork_storm(rest: &[String]) -> Res<()> {
     }
     println!("released={}", held.len());
     Ok(())
+}
+
+/// `connect-burst ADDR PORT N`: N UDP connects to ADDR:PORT, each on a new socket, as fast as
+/// they go (no packet is sent). Prints `connected=N`.
+fn cmd_connect_burst(rest: &[String]) -> Res<()> {
+    let ip = loopback(arg(rest, 0, "ADDR")?)?;
+    let to = SocketAddr::new(ip, port(arg(rest, 1, "PORT")?)?);
+    let n: usize = arg(rest, 2, "N")?
+        .parse()
+        .map_err(|_| "N is not a number")?;
+    for i in 0..n {
+        let s = Sock::new(ip, libc::SOCK_DGRAM)?;
+        let (ret, e) = s.connect(to);
+        if ret != 0 {
+            return Err(format!("connect {i} of {n}: errno {e}"));
+        }
+    }
+    println!("connected={n}");
+    Ok(())
+}
+
+/// `on-cpu CPU COMMAND ARGS..`: runs COMMAND in this process, pinned to CPU (modulo the CPUs
+/// this process may use).
+fn cmd_on_cpu(rest: &[String]) -> Res<()> {
+    let cpu: usize = arg(rest, 0, "CPU")?
+        .parse()
+        .map_err(|_| "CPU is not a number")?;
+    let cmd = arg(rest, 1, "COMMAND")?;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls get valid pointers.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return Err(os_err("sched_getaffinity"));
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &allowed))
+            .collect();
+        let Some(&chosen) = cpus.get(cpu % cpus.len().max(1)) else {
+            return Err("no CPU allowed".into());
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(chosen, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(os_err("sched_setaffinity"));
+        }
+        println!("cpu={chosen}");
+    }
+    dispatch(cmd, &rest[2..])
 }
