@@ -466,6 +466,11 @@ pub struct TracepointFields {
     pub enter_connect_fd: u32,
     /// `syscalls/sys_exit_connect`: `ret`.
     pub exit_connect_ret: u32,
+    /// `signal/signal_generate`: `sig`, `code`, `pid` (the target) and `result`.
+    pub signal_sig: u32,
+    pub signal_code: u32,
+    pub signal_pid: u32,
+    pub signal_result: u32,
 }
 
 /// Run-time settings of the programs, the global `SETTINGS`.
@@ -497,10 +502,51 @@ impl Settings {
                 exit_group_dead: 0,
                 enter_connect_fd: 0,
                 exit_connect_ret: 0,
+                signal_sig: 0,
+                signal_code: 0,
+                signal_pid: 0,
+                signal_result: 0,
             },
             _pad: 0,
         }
     }
+}
+
+/// Slots of the `SIGNALS` map: the last SIGKILL, and the last stopping signal, sent to one
+/// of the daemon's threads.
+pub mod signal_slot {
+    pub const KILL: u32 = 0;
+    pub const STOP: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// A signal the daemon cannot catch (SIGKILL) or that stops it (SIGSTOP, SIGTSTP, SIGTTIN,
+/// SIGTTOU: it handles none of them), as `signal/signal_generate` saw it being sent. Kept in
+/// a map pinned in bpffs, so that the next start can tell who killed the previous instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalRecord {
+    /// Signals recorded in this slot so far (0: none).
+    pub count: u64,
+    /// CLOCK_BOOTTIME of the last one.
+    pub boot_ns: u64,
+    /// The sender's process start (CLOCK_BOOTTIME; 0 without struct offsets).
+    pub sender_start_ns: u64,
+    pub sig: i32,
+    /// `si_code`: 0 `SI_USER` (kill), -6 `SI_TKILL`, 0x80 `SI_KERNEL` (the OOM killer).
+    pub code: i32,
+    /// `TRACE_SIGNAL_*`: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lost info.
+    pub result: i32,
+    /// The thread of the daemon it was sent to.
+    pub target: u32,
+    /// The sender's process, thread and user (the task running when it was generated).
+    pub sender_pid: u32,
+    pub sender_uid: u32,
+    /// The daemon's parent when the daemon registered its threads (its supervisor).
+    pub supervisor: u32,
+    pub _pad: u32,
+    /// The sender's `comm`.
+    pub comm: [u8; COMM_LEN],
 }
 
 // Layout guards: these sizes are the wire format between the two sides.
@@ -514,7 +560,8 @@ const _: () = assert!(size_of::<ExitEvent>() == 72);
 const _: () = assert!(size_of::<ConnectEvent>() == 64 + 8 + 8 + 16 + 8);
 const _: () = assert!(size_of::<DnsEvent>() == 64 + 8 + 8 + 8 + 16 + DNS_PAYLOAD_LEN);
 const _: () = assert!(size_of::<KernelOffsets>() == 32 * 4);
-const _: () = assert!(size_of::<Settings>() == 16 + 4 + 6 * 4 + 4);
+const _: () = assert!(size_of::<Settings>() == 16 + 4 + 10 * 4 + 4);
+const _: () = assert!(size_of::<SignalRecord>() == 72);
 const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<DnsEvent>().is_multiple_of(8));
 const _: () = assert!(PATH_START_LIMIT + PATH_COMPONENT_MAX <= PATH_LEN);
@@ -526,4 +573,5 @@ mod pod {
     // padding, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::SignalRecord {}
 }

@@ -11,6 +11,7 @@ mod kernel;
 mod maps;
 mod path;
 mod process;
+mod signal;
 mod stage;
 
 #[cfg(not(test))]

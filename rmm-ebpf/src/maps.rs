@@ -7,10 +7,11 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use rmm_common::{
-    DropReason, EventKind, FilterReason, Header, KernelOffsets, Settings, TracepointFields,
+    DropReason, EventKind, FilterReason, Header, KernelOffsets, Settings, SignalRecord,
+    TracepointFields, signal_slot,
 };
 
 use crate::kernel::{read, read_ptr};
@@ -246,3 +247,13 @@ pub fn fill_header_skb(hdr: &mut Header, kind: EventKind) -> bool {
     }
     hdr.tgid != 0
 }
+
+/// The daemon's threads (tid -> the daemon's parent, its supervisor), written by the daemon:
+/// the signal program records only signals sent to them.
+#[map]
+pub static DAEMON_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+/// The last SIGKILL and the last stopping signal sent to the daemon (`signal_slot`); pinned
+/// in bpffs by the daemon, so that it outlives a killed instance.
+#[map]
+pub static SIGNALS: Array<SignalRecord> = Array::with_max_entries(signal_slot::COUNT, 0);

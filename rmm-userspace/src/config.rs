@@ -92,6 +92,8 @@ pub struct RingsConfig {
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     pub stats_interval_secs: Option<u64>,
+    /// Where the signal records are pinned in bpffs; `""` keeps them unpinned.
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

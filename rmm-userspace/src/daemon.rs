@@ -27,7 +27,7 @@ use crate::{
     catalog::{RuleSources, Rules},
     decode::{self, Event},
     detect::{Compiled, DetectStats, Detector},
-    fault,
+    evidence, fault,
     loss::{self, LossReports, Reporter},
     merge::{self, Merger},
     metrics, privs,
@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub sinks: SinkOptions,
     /// Prometheus endpoint `ADDRESS:PORT`, off when `None`.
     pub metrics: Option<String>,
+    /// Where the records of SIGKILL and stops are pinned (bpffs); not pinned when `None`.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 /// Validates everything that can be checked without loading probes: ring sizes, rules, sink
@@ -180,7 +182,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         sinks.names().join(", ")
     );
 
+    // What a killed previous instance left in bpffs, read before this one pins its own.
+    let previous = opts.pin_dir.as_deref().and_then(|d| {
+        evidence::take_previous(d)
+            .map_err(|e| log::warn!("reading the previous instance's signal records: {e:#}"))
+            .ok()
+            .flatten()
+    });
     let mut loaded = probes::load_and_attach(&opts.load)?;
+    let mut evidence = evidence::Evidence::new(&mut loaded.ebpf, opts.pin_dir.as_deref())?;
     // Attached: what only the attach needed goes (see privs.rs for what stays and why). The
     // processor, started below, inherits this and keeps it; this thread drops to its own
     // part once the processor runs.
@@ -310,6 +320,14 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     // Over tokio's handlers, to learn who sends them.
     tamper::install().context("installing the signal-sender handler")?;
     let hostname = crate::detect::hostname();
+    if let Some(r) = previous
+        .as_ref()
+        .and_then(|p| p.get(rmm_common::signal_slot::KILL as usize))
+        .filter(|r| r.count > 0)
+        && let Some(a) = evidence::report(r, true, &hostname)
+    {
+        sinks.dispatch(a);
+    }
     let who_sent = |sig: libc::c_int| {
         if let Some(s) = tamper::last_sender(sig) {
             // Sent, not awaited: a full channel must not hold up a stop (the sender is then
@@ -332,6 +350,9 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         ),
         Ok(_) => {}
         Err(e) => log::warn!("cannot check the threads' capabilities: {e:#}"),
+    }
+    if let Err(e) = evidence.register_threads() {
+        log::warn!("a SIGKILL or a stop of the daemon will not be recorded: {e:#}");
     }
     let off = loaded.report.off();
     log::info!(
@@ -459,6 +480,19 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 report_tables(&last_tables, &tables);
                 last_tables = tables;
                 report_losses(&mut losses, &now, false);
+                // Threads started since, and a stop the daemon has come back from.
+                if let Err(e) = evidence.register_threads() {
+                    log::warn!("registering the daemon's threads for the signal records: {e:#}");
+                }
+                match evidence.new_stop() {
+                    Ok(Some(r)) => {
+                        if let Some(a) = evidence::report(&r, false, &hostname) {
+                            sinks.dispatch(a);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::warn!("{e:#}"),
+                }
                 notify(&[sd_notify::NotifyState::Status(&status(&now))]);
                 last = now;
             }

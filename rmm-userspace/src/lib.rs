@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod decode;
 pub mod detect;
 pub mod dns;
+pub mod evidence;
 pub mod fault;
 pub mod features;
 pub mod loss;

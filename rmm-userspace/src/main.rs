@@ -167,6 +167,10 @@ struct RunArgs {
     /// Serve Prometheus metrics on ADDRESS:PORT (e.g. 127.0.0.1:9464); off by default.
     #[arg(long, value_name = "ADDRESS:PORT")]
     metrics: Option<String>,
+    /// Directory in bpffs where the record of who killed the daemon (SIGKILL) is kept for the
+    /// next start (default /sys/fs/bpf/rmm-monitor; "" to keep none).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
 }
 
 /// Flags over the configuration file over the defaults.
@@ -223,6 +227,13 @@ fn resolve(a: &RunArgs, c: &config::Config) -> daemon::RunOptions {
             queue: s.sink_queue.or(ca.queue).unwrap_or(4096).max(1) as usize,
         },
         metrics: a.metrics.clone().or(c.metrics.listen.clone()),
+        pin_dir: Some(
+            a.pin_dir
+                .clone()
+                .or(c.daemon.pin_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(rmm_userspace::evidence::DEFAULT_PIN_DIR)),
+        )
+        .filter(|d| !d.as_os_str().is_empty()),
     }
 }
 

@@ -415,6 +415,13 @@ pub const PROBES: &[(&str, Hook)] = &[
             name: "sys_exit_connect",
         },
     ),
+    (
+        "signal_generate",
+        Hook::TracePoint {
+            category: "signal",
+            name: "signal_generate",
+        },
+    ),
     ("cgroup_connect4", Hook::SockAddr("connect4")),
     ("cgroup_connect6", Hook::SockAddr("connect6")),
     ("dns_egress", Hook::Skb(CgroupSkbAttachType::Egress)),

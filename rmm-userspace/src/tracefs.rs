@@ -120,6 +120,7 @@ pub fn fields_under(dir: &Path) -> Result<(TracepointFields, bool)> {
     let exit = read_format(dir, "sched", "sched_process_exit")?;
     let enter = read_format(dir, "syscalls", "sys_enter_connect")?;
     let leave = read_format(dir, "syscalls", "sys_exit_connect")?;
+    let signal = read_format(dir, "signal", "signal_generate")?;
     let group_dead = match exit.field("group_dead") {
         Some(f) if f.size == 1 => Some(f.offset),
         Some(f) => bail!(
@@ -135,6 +136,10 @@ pub fn fields_under(dir: &Path) -> Result<(TracepointFields, bool)> {
         exit_group_dead: group_dead.unwrap_or(0),
         enter_connect_fd: enter.required("sys_enter_connect", "fd", 8)?,
         exit_connect_ret: leave.required("sys_exit_connect", "ret", 8)?,
+        signal_sig: signal.required("signal_generate", "sig", 4)?,
+        signal_code: signal.required("signal_generate", "code", 4)?,
+        signal_pid: signal.required("signal_generate", "pid", 4)?,
+        signal_result: signal.required("signal_generate", "result", 4)?,
     };
     Ok((fields, group_dead.is_some()))
 }

@@ -11,6 +11,7 @@ mod e2e {
     pub mod lifecycle;
     pub mod memory;
     pub mod overload;
+    pub mod signals;
 }
 
 use std::path::Path;

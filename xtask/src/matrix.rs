@@ -101,6 +101,7 @@ const CORE: &[(&str, &str, &[&str])] = &[
             "e2e::lifecycle::full_ring_buffers_are_survived_and_counted",
             "e2e::lifecycle::full_ring_buffers_are_survived_and_counted_with_staged_records",
             "e2e::overload::an_overload_from_both_cpus_is_accounted_exactly",
+            "e2e::signals::a_stop_and_a_kill_by_another_process_are_alerts_naming_it",
         ],
     ),
     (
