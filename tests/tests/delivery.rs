@@ -24,6 +24,7 @@
 
 mod delivery {
     pub mod config;
+    pub mod full_disk;
     pub mod journald;
     pub mod metrics;
     pub mod outage;

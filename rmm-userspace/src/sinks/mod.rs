@@ -14,7 +14,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -35,6 +35,11 @@ pub trait Deliver: Send {
     /// Called when the queue is empty.
     fn flush(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// Alerts taken by `send` and not written out yet (a sink that buffers): they count as
+    /// delivered only once written.
+    fn pending(&self) -> u64 {
+        0
     }
 }
 
@@ -196,6 +201,12 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
         }
     };
     let mut backoff = BACKOFF_MIN;
+    // Alerts taken by the sink; delivered are those of them written out.
+    let mut sent = 0u64;
+    let delivered = |sink: &dyn Deliver, sent: u64| {
+        c.delivered
+            .store(sent.saturating_sub(sink.pending()), Relaxed);
+    };
     loop {
         // Flush whenever the queue runs empty: alerts reach the file or peer promptly, and
         // bursts are still written in one go.
@@ -207,9 +218,18 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
                     c.errors.fetch_add(1, Relaxed);
                     connected = false;
                 }
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
+                delivered(&*sink, sent);
+                match idle(
+                    &mut *sink,
+                    &rx,
+                    &c,
+                    &name,
+                    &mut connected,
+                    &mut backoff,
+                    sent,
+                ) {
+                    Some(m) => m,
+                    None => break,
                 }
             }
             Err(TryRecvError::Disconnected) => break,
@@ -242,7 +262,8 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
             match sink.send(&alert) {
                 Ok(()) => {
                     backoff = BACKOFF_MIN;
-                    c.delivered.fetch_add(1, Relaxed);
+                    sent += 1;
+                    delivered(&*sink, sent);
                     if queued.elapsed() > LATE {
                         c.delivered_late.fetch_add(1, Relaxed);
                     }
@@ -256,7 +277,55 @@ fn worker(mut sink: Box<dyn Deliver>, rx: Receiver<Msg>, c: Arc<SinkCounters>) {
             }
         }
     }
-    let _ = sink.flush();
+    if let Err(e) = sink.flush() {
+        c.errors.fetch_add(1, Relaxed);
+        log::error!("sink {name}: the last flush failed: {e:#}");
+    }
+    // What could not be written by the end is lost: counted as dropped, not as delivered.
+    let unwritten = sink.pending();
+    if unwritten > 0 {
+        log::error!("sink {name}: {unwritten} alerts could not be written before the stop");
+        c.dropped.fetch_add(unwritten, Relaxed);
+    }
+    delivered(&*sink, sent);
+}
+
+/// Waits for the next message with the queue empty. While alerts wait unwritten in a sink that
+/// is down (a full file system, a peer gone), the sink is reconnected and flushed with
+/// back-off meanwhile, so that they go out when it comes back even if no new alert arrives.
+/// `None`: the queue is closed.
+fn idle(
+    sink: &mut dyn Deliver,
+    rx: &Receiver<Msg>,
+    c: &SinkCounters,
+    name: &str,
+    connected: &mut bool,
+    backoff: &mut Duration,
+    sent: u64,
+) -> Option<Msg> {
+    loop {
+        if *connected || sink.pending() == 0 || c.closing.load(Relaxed) {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(*backoff) {
+            Ok(m) => return Some(m),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {
+                *backoff = (*backoff * 2).min(BACKOFF_MAX);
+                *connected = reconnect(sink, name, c);
+                if *connected && let Err(e) = sink.flush() {
+                    log::debug!("sink {name}: flush failed again: {e:#}");
+                    c.errors.fetch_add(1, Relaxed);
+                    *connected = false;
+                }
+                if *connected {
+                    *backoff = BACKOFF_MIN;
+                }
+                c.delivered
+                    .store(sent.saturating_sub(sink.pending()), Relaxed);
+            }
+        }
+    }
 }
 
 /// Sleeps up to `d`, returning early once the daemon starts shutting down.
