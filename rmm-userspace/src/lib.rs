@@ -13,6 +13,8 @@ pub mod detect;
 pub mod dns;
 pub mod fault;
 pub mod features;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loss;
 pub mod matcher;
 pub mod merge;
