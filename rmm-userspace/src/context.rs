@@ -169,7 +169,7 @@ impl Containers {
     /// The cgroup v2 path of `pid`, or of cgroup `cgroup_id` when the process is gone.
     pub fn cgroup_path(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
         if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            && let Some(p) = text.lines().find_map(|l| l.strip_prefix("0::"))
+            && let Some(p) = unified_cgroup(&text)
         {
             return Some(p.to_owned());
         }
@@ -293,6 +293,11 @@ fn walk_cgroups(root: &Path, dir: &Path, depth: u32, out: &mut HashMap<u64, Stri
             walk_cgroups(root, &e.path(), depth + 1, out);
         }
     }
+}
+
+/// The cgroup v2 path in the text of a `/proc/PID/cgroup` (its `0::PATH` line).
+pub fn unified_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
 /// The container id in a cgroup path, for docker, podman, containerd and CRI-O layouts:

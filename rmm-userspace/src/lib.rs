@@ -14,6 +14,8 @@ pub mod dns;
 pub mod evidence;
 pub mod fault;
 pub mod features;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loss;
 pub mod matcher;
 pub mod merge;

@@ -597,12 +597,7 @@ fn read_proc(dir: &Path, pid: u32) -> io::Result<Proc> {
         )
     })?;
     let status = fs::read_to_string(dir.join("status"))?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(u32::MAX);
+    let uid = parse_status_uid(&status);
     // Kernel threads have no exe and an empty cmdline: not an error.
     let executable = match fs::read_link(dir.join("exe")) {
         Ok(p) => p.to_string_lossy().into_owned(),
@@ -655,6 +650,17 @@ pub fn tick_ns() -> u64 {
             10_000_000
         }
     })
+}
+
+/// The real uid of a `/proc/PID/status` (the first number of its `Uid:` line); `u32::MAX`
+/// when the line is missing or unparsable.
+pub fn parse_status_uid(status: &str) -> u32 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
 }
 
 /// `pid (comm) state ppid ...`: the comm, the ppid and the start (field 22, in clock ticks

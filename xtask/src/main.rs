@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask run | test | build | setup | bench`.
+//! Project tasks: `cargo xtask run | test | build | setup | bench | fuzz`.
 //!
 //! Every task first makes sure the machine has what the build needs (Debian packages,
 //! bpf-linker, tracefs), installing only what is missing and saying why.
 
 mod bench;
+mod fuzz;
 mod image;
 mod matrix;
 mod package;
@@ -50,6 +51,9 @@ enum Task {
     Image,
     /// Set up, build, then measure the daemon's overhead on exec, connect and DNS storms.
     Bench(bench::BenchArgs),
+    /// Install cargo-fuzz if missing, then run every fuzz target of fuzz/ in turn from its
+    /// committed corpus (RUSTC_BOOTSTRAP=1 on stable) and print what each reached.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -248,5 +252,6 @@ fn main() -> Result<()> {
             let bin = build_daemon(true)?;
             bench::run(&bin, &args)
         }
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
