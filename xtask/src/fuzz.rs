@@ -61,12 +61,18 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let mut rows = Vec::new();
     for t in targets {
         println!("xtask: fuzzing {t} for {} s", args.seconds);
-        let corpus = fuzz.join("corpus").join(t);
+        // libFuzzer writes what it finds into the first directory: the grown corpus (ignored
+        // by git); the committed seeds are read only.
+        let seeds = fuzz.join("corpus").join(t);
+        let corpus = fuzz.join("corpus-grown").join(t);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("creating {}", corpus.display()))?;
         let out = Command::new(cargo())
             .current_dir(&fuzz)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "-O", t])
             .arg(&corpus)
+            .arg(&seeds)
             .args(["--", &format!("-max_total_time={}", args.seconds)])
             .arg("-print_final_stats=1")
             .output()
