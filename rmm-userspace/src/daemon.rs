@@ -604,31 +604,13 @@ fn notify(state: &[sd_notify::NotifyState]) {
 
 /// Logs what the tables' caps did since the last report; silent when they did nothing.
 fn report_tables(last: &crate::detect::Tables, now: &crate::detect::Tables) {
-    let grew: Vec<String> = [
-        (
-            "processes_refused",
-            now.processes_refused,
-            last.processes_refused,
-        ),
-        ("exited_early", now.exited_early, last.exited_early),
-        ("kept_refused", now.kept_refused, last.kept_refused),
-        ("dedup_full", now.dedup_full, last.dedup_full),
-        (
-            "dns_pending_evicted",
-            now.dns_pending_evicted,
-            last.dns_pending_evicted,
-        ),
-        (
-            "dns_resolved_evicted",
-            now.dns_resolved_evicted,
-            last.dns_resolved_evicted,
-        ),
-        ("cgroups_cleared", now.cgroups_cleared, last.cgroups_cleared),
-    ]
-    .into_iter()
-    .filter(|(_, n, l)| n > l)
-    .map(|(k, n, l)| format!("{k}={}", n - l))
-    .collect();
+    let grew: Vec<String> = now
+        .evictions()
+        .into_iter()
+        .zip(last.evictions())
+        .filter(|((_, n), (_, l))| n > l)
+        .map(|((k, n), (_, l))| format!("{k}={}", n - l))
+        .collect();
     if !grew.is_empty() {
         log::warn!(
             "tables at their caps in the last interval: {} ({} processes, {} exited, {} dedup entries)",

@@ -162,6 +162,34 @@ pub struct Tables {
     pub cgroups_cleared: u64,
 }
 
+impl Tables {
+    /// Entries per table, by name (metrics).
+    pub fn sizes(&self) -> [(&'static str, u64); 7] {
+        [
+            ("processes", self.processes),
+            ("exited", self.exited),
+            ("kept", self.kept),
+            ("dedup", self.dedup),
+            ("dns_pending", self.dns_pending),
+            ("dns_resolved", self.dns_resolved),
+            ("cgroups", self.cgroups),
+        ]
+    }
+
+    /// What the caps did, by name (metrics and the interval's warning).
+    pub fn evictions(&self) -> [(&'static str, u64); 7] {
+        [
+            ("processes_refused", self.processes_refused),
+            ("exited_early", self.exited_early),
+            ("kept_refused", self.kept_refused),
+            ("dedup_full", self.dedup_full),
+            ("dns_pending_evicted", self.dns_pending_evicted),
+            ("dns_resolved_evicted", self.dns_resolved_evicted),
+            ("cgroups_cleared", self.cgroups_cleared),
+        ]
+    }
+}
+
 struct Dedup {
     since: Instant,
     suppressed: u64,

@@ -213,30 +213,14 @@ impl Collector for Sources {
             "rmm_table_entries",
             "Entries in the daemon's tables that grow with the host's activity (each is capped)",
             "table",
-            [
-                ("processes", t.processes),
-                ("exited", t.exited),
-                ("kept", t.kept),
-                ("dedup", t.dedup),
-                ("dns_pending", t.dns_pending),
-                ("dns_resolved", t.dns_resolved),
-                ("cgroups", t.cgroups),
-            ],
+            t.sizes(),
         )?;
         counters(
             &mut e,
             "rmm_table_evictions",
             "What the tables' caps did: entries evicted early or refused, by table and kind",
             "what",
-            [
-                ("processes_refused", t.processes_refused),
-                ("exited_early", t.exited_early),
-                ("kept_refused", t.kept_refused),
-                ("dedup_full", t.dedup_full),
-                ("dns_pending_evicted", t.dns_pending_evicted),
-                ("dns_resolved_evicted", t.dns_resolved_evicted),
-                ("cgroups_cleared", t.cgroups_cleared),
-            ],
+            t.evictions(),
         )?;
         let g = ConstGauge::new(self.processes.load(Relaxed) as i64);
         g.encode(e.encode_descriptor(

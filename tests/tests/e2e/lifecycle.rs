@@ -313,13 +313,7 @@ fn check_full_rings(wakeup_bytes: &str) {
     // One-page rings hold a single exec record (2 KiB) or six DNS records, read once a second.
     // The readers are held (the debug build's injected `hold` fault, on the exec of `hold`)
     // while the bursts run, so that both rings overflow whatever the scheduling.
-    let hold = dir.copy_executable("/bin/true", &format!("hold-{}", nonce()));
-    let fault = format!(
-        "hold:{}",
-        hold.file_name()
-            .and_then(|n| n.to_str())
-            .expect("a UTF-8 name")
-    );
+    let (hold, fault) = crate::hold_fault(&dir);
     let m = Monitor::start_with_env(
         &[
             "--json",
@@ -338,22 +332,12 @@ fn check_full_rings(wakeup_bytes: &str) {
         None,
         &[("RMM_MONITOR_FAULT", &fault)],
     );
-    let st = std::process::Command::new(&hold)
-        .status()
-        .unwrap_or_else(|e| panic!("running {}: {e}", hold.display()));
-    assert!(st.success());
-    m.wait_for_log("saying the readers are held", |l| {
-        l.starts_with("injected fault: exec of") && l.contains("the ring readers stop reading")
-    });
+    crate::hold_readers(&m, &hold);
     burst(&target, n_exec as usize);
     let name = format!("burst-{}.rmm-e2e.test", nonce());
     let dns = helper(&["dns-burst", "127.0.0.1", &name, &n_dns.to_string()]);
     dns.assert_success();
-    for ring in ["PROC_EVENTS", "NET_EVENTS"] {
-        m.wait_for_log("saying a hold is over", |l| {
-            l == format!("ring {ring}: injected hold over, reading again")
-        });
-    }
+    crate::wait_holds_over(&m);
     // The loss is logged within a stats interval.
     m.wait_for_log("reporting the exec drops", |l| {
         l.contains("kernel dropped events") && l.contains("exec_ringbuf_full=")
@@ -389,12 +373,7 @@ fn check_full_rings(wakeup_bytes: &str) {
     stopped.assert_clean();
     // Every loss reached the alert file as loss records, and they add up to the final
     // counters, reason by reason.
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&alerts)
-        .expect("the alert file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .filter(|a: &serde_json::Value| a["event"]["action"] == "loss")
-        .collect();
+    let records = crate::loss_records(&alerts);
     let finals = stopped.final_stats();
     let drops = finals["kernel_drops"].as_object().expect("kernel_drops");
     for (reason, total) in drops {

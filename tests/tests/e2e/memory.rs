@@ -4,7 +4,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, TcpListener},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -15,7 +14,7 @@ use rmm_tests::{
     monitor::{Monitor, scaled},
 };
 
-use crate::{helper_bin, root_or_skip};
+use crate::{free_port, helper_bin, root_or_skip};
 
 const TOTAL: u64 = 100_000;
 const HOLD: u64 = 20_000;
@@ -40,11 +39,6 @@ fn rss_kb(pid: u32) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a TCP port");
-    l.local_addr().expect("local address").port()
 }
 
 /// Scrapes until `pred` holds of the table gauges (name -> value), driving the daemon with an

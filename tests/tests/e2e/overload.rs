@@ -4,13 +4,7 @@
 //! drop counters, which equal what the final stats, the metrics endpoint and the loss records
 //! in the alert file report: exactly, reason by reason.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, TcpListener},
-    path::Path,
-};
-
-use serde_json::Value;
+use std::{collections::BTreeMap, path::Path};
 
 use rmm_tests::{
     TempDir,
@@ -19,16 +13,14 @@ use rmm_tests::{
     nonce, num,
 };
 
-use crate::{helper, helper_bin, root_or_skip};
+use crate::{
+    free_port, helper, helper_bin, hold_fault, hold_readers, loss_records, root_or_skip,
+    wait_holds_over,
+};
 
 const N_EXEC: u64 = 400;
 const N_CONNECT: u64 = 3000;
 const N_DNS: u64 = 3000;
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a TCP port");
-    l.local_addr().expect("local address").port()
-}
 
 #[test]
 fn an_overload_from_both_cpus_is_accounted_exactly() {
@@ -37,13 +29,7 @@ fn an_overload_from_both_cpus_is_accounted_exactly() {
     let alerts = dir.path().join("alerts.json");
     let target = dir.copy_executable("/usr/bin/true", &format!("storm-{}", nonce()));
     let target = target.to_str().expect("UTF-8").to_owned();
-    let hold = dir.copy_executable("/bin/true", &format!("hold-{}", nonce()));
-    let fault = format!(
-        "hold:{}",
-        hold.file_name()
-            .and_then(|n| n.to_str())
-            .expect("a UTF-8 name")
-    );
+    let (hold, fault) = hold_fault(&dir);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let m = Monitor::start_with_env(
@@ -65,13 +51,7 @@ fn an_overload_from_both_cpus_is_accounted_exactly() {
     m.wait_for_log("with the metrics address", |l| {
         l == format!("metrics: http://{listen}/metrics")
     });
-    let st = std::process::Command::new(&hold)
-        .status()
-        .unwrap_or_else(|e| panic!("running {}: {e}", hold.display()));
-    assert!(st.success());
-    m.wait_for_log("saying the readers are held", |l| {
-        l.starts_with("injected fault: exec of") && l.contains("the ring readers stop reading")
-    });
+    hold_readers(&m, &hold);
 
     // The storms, at once: execs pinned to one CPU, connects and DNS queries to the other.
     let name = format!("storm-{}.rmm-e2e.test", nonce());
@@ -125,11 +105,7 @@ fn an_overload_from_both_cpus_is_accounted_exactly() {
     );
     assert_eq!(connects.assert_success().num::<u64>("connected"), N_CONNECT);
     assert_eq!(dns.assert_success().num::<u64>("sent"), N_DNS);
-    for ring in ["PROC_EVENTS", "NET_EVENTS"] {
-        m.wait_for_log("saying a hold is over", |l| {
-            l == format!("ring {ring}: injected hold over, reading again")
-        });
-    }
+    wait_holds_over(&m);
     // The rings are read again; the loss is reported within a stats interval.
     m.wait_for_log("reporting the drops", |l| {
         l.contains("kernel dropped events") && l.contains("dns_ringbuf_full=")
@@ -149,12 +125,7 @@ fn an_overload_from_both_cpus_is_accounted_exactly() {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().expect("a count")))
         .collect();
-    let records: Vec<Value> = std::fs::read_to_string(&alerts)
-        .expect("the alert file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .filter(|a: &Value| a["event"]["action"] == "loss")
-        .collect();
+    let records = loss_records(&alerts);
     for (reason, total) in &drops {
         let scraped = value(
             &metrics,
